@@ -1,0 +1,55 @@
+# DSS — `make run` serves the API on the embedded default; `make test` runs lint and the test suite.
+# Both set up what they need: a virtualenv in .venv from the pinned lock files.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+HCA_VENV := .venv-hca
+PYTEST_ARGS ?=
+
+.PHONY: run test lint unit bench lock package deploy clean hca-client
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+# The real `hca` client, in its own virtualenv (it pins old dependencies). On Python 3.11 it needs a
+# newer tenacity than it asks for (its own pin uses asyncio.coroutine, removed in 3.11).
+$(HCA_VENV)/.installed:
+	test -x $(HCA_VENV)/bin/python || $(PYTHON) -m venv $(HCA_VENV)
+	$(HCA_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(HCA_VENV)/bin/python -m pip install --quiet hca==7.0.1
+	$(HCA_VENV)/bin/python -m pip install --quiet 'tenacity>=8,<9'
+	touch $@
+
+hca-client: $(HCA_VENV)/.installed
+
+run: $(VENV)/.installed
+	$(BIN)/python dss-api
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check dss chalice scripts tests benchmarks dss-api
+	$(BIN)/mypy
+
+test: $(VENV)/.installed $(HCA_VENV)/.installed lint
+	DSS_HCA_BIN=$(abspath $(HCA_VENV))/bin/hca $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+unit: $(VENV)/.installed
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python benchmarks/run.py
+
+# Re-pin the lock files from the .in files (run after changing a direct dependency).
+lock:
+	rm -rf /tmp/dss-lock && $(PYTHON) -m venv /tmp/dss-lock
+	/tmp/dss-lock/bin/pip install --quiet -r requirements.txt.in
+	/tmp/dss-lock/bin/pip freeze --all --exclude pip --exclude setuptools --exclude wheel > requirements.txt
+	/tmp/dss-lock/bin/pip install --quiet -r requirements-dev.txt.in
+	/tmp/dss-lock/bin/pip freeze --all --exclude pip --exclude setuptools --exclude wheel > requirements-dev.txt
+
+clean:
+	rm -rf $(VENV) $(HCA_VENV) .pytest_cache .mypy_cache .ruff_cache

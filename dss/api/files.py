@@ -1,0 +1,53 @@
+"""HTTP adapters for /files/{uuid}: parse, call dss.files, shape the reply."""
+from __future__ import annotations
+
+import json
+
+from connexion import NoContent
+
+from dss.api.responses import absolute, reply
+from dss.auth import require_group
+from dss.errors import IllegalToken
+from dss.files import FileMetadata
+from dss.identifiers import Replica
+from dss.runtime import Runtime
+
+__all__ = ["head", "get", "put"]
+
+_HEADER_FIELDS = (("X-DSS-CREATOR-UID", "creator_uid"), ("X-DSS-VERSION", "version"),
+                  ("X-DSS-CONTENT-TYPE", "content-type"), ("X-DSS-SIZE", "size"), ("X-DSS-CRC32C", "crc32c"),
+                  ("X-DSS-S3-ETAG", "s3-etag"), ("X-DSS-SHA1", "sha1"), ("X-DSS-SHA256", "sha256"))
+
+
+def file_headers(metadata: FileMetadata) -> dict[str, str]:
+    return {header: str(metadata[field]) for header, field in _HEADER_FIELDS}
+
+
+def head(runtime: Runtime, uuid: str, replica: str, version: str | None = None):
+    metadata = runtime.files.metadata(uuid, Replica(replica), version)
+    return reply(NoContent, 200, file_headers(metadata))
+
+
+def get(runtime: Runtime, uuid: str, replica: str, version: str | None = None, token: str | None = None,
+        directurl: bool = False, content_disposition: str | None = None):
+    if token is not None:
+        _check_token(token)
+    metadata = runtime.files.metadata(uuid, Replica(replica), version)
+    url = runtime.files.download_url(metadata, Replica(replica), runtime.config.signed_url_ttl, direct=directurl,
+                                     content_disposition=None if directurl else content_disposition)
+    return reply(NoContent, 302, {"Location": absolute(runtime.config, url), **file_headers(metadata)})
+
+
+def put(runtime: Runtime, uuid: str, version: str, body: dict, token_info: dict):
+    require_group(token_info["principal"], {"hca"})
+    result = runtime.files.put(uuid, version, body["source_url"], body["creator_uid"])
+    return reply({"version": result.version}, 201 if result.created else 200)
+
+
+def _check_token(token: str) -> None:
+    try:
+        parsed = json.loads(token)
+    except ValueError:
+        raise IllegalToken("Could not parse the token parameter") from None
+    if not isinstance(parsed, dict) or "attempts" not in parsed:
+        raise IllegalToken("The token parameter lacks 'attempts'")

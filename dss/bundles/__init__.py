@@ -1,0 +1,206 @@
+"""Bundles: immutable, versioned manifests of file versions, and their tombstones.
+
+Keys: `bundles/<uuid>.<version>` (manifest), `bundles/<uuid>.<version>.dead` (one version deleted),
+`bundles/<uuid>.dead` (every version deleted). Deleted bundles answer 404, never 410. A manifest is
+written only after every file it names exists in the same replica.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Sequence
+
+from dss.errors import BundleConflict, DuplicateFilename, FileMissing, NotFound, TombstoneConflict
+from dss.events import Event
+from dss.events.bus import EventBus
+from dss.identifiers import BundleFQID, BundleTombstoneID, ObjectKey, Replica, new_version, normalise_uuid, validate_version
+from dss.storage.blobstore import BlobAlreadyExists, BlobNotFound, BlobStore
+from dss.storage.replicas import ImmutableCache, Replicas
+
+__all__ = ["BundleService", "BundleFile", "Manifest", "EnumerationPage"]
+
+logger = logging.getLogger(__name__)
+
+BUNDLE_FORMAT = "0.0.1"
+Manifest = dict[str, Any]
+_LOOKUP_THREADS = 16
+
+
+@dataclass(frozen=True)
+class BundleFile:
+    """One entry of a PUT/PATCH request."""
+    name: str
+    uuid: str
+    version: str
+    indexed: bool
+
+    @classmethod
+    def from_request(cls, item: dict) -> "BundleFile":
+        return cls(item["name"], normalise_uuid(item["uuid"]), validate_version(item["version"]),
+                   bool(item["indexed"]))
+
+
+@dataclass(frozen=True)
+class EnumerationPage:
+    bundles: list[dict[str, str]]
+    search_after: str | None  # the last key returned, when the page is full
+
+
+class BundleService:
+    def __init__(self, replicas: Replicas, bus: EventBus, file_wait: float, cache: ImmutableCache | None = None) -> None:
+        self.replicas = replicas
+        self.bus = bus
+        self.file_wait = file_wait
+        self.cache = cache or ImmutableCache()
+        self._pool = ThreadPoolExecutor(_LOOKUP_THREADS, thread_name_prefix="dss-bundle-files")
+
+    # --- reads ------------------------------------------------------------------------------
+    def get(self, uuid: str, replica: Replica, version: str | None = None) -> Manifest:
+        uuid, store = normalise_uuid(uuid), self.replicas[replica]
+        keys = list(store.list(f"bundles/{uuid}."))
+        versions, dead = _versions(keys)
+        if None in dead or (version and version in dead):
+            raise NotFound("Cannot find bundle!")
+        chosen = version if version in versions else None if version else max(versions - dead, default=None)
+        if chosen is None:
+            raise NotFound("Cannot find bundle!")
+        key = str(BundleFQID(uuid, chosen))
+        return self.cache.get_or_load((replica, key), lambda: store.get_json(key))
+
+    def enumerate(self, replica: Replica, prefix: str, per_page: int, search_after: str | None) -> EnumerationPage:
+        store = self.replicas[replica]
+        page: list[dict[str, str]] = []
+        last = None
+        for key, entry in _live_bundles(store.list(f"bundles/{prefix}", start_after=search_after)):
+            page.append(entry)
+            last = key
+            if len(page) == per_page:
+                return EnumerationPage(page, last)
+        return EnumerationPage(page, None)
+
+    # --- writes -----------------------------------------------------------------------------
+    def put(self, uuid: str, version: str, replica: Replica, files: Sequence[dict], creator_uid: int) -> tuple[Manifest, bool]:
+        uuid, version = normalise_uuid(uuid), validate_version(version)
+        entries = [BundleFile.from_request(f) for f in files]
+        _check_names(entries)
+        store = self.replicas[replica]
+        manifest = {"format": BUNDLE_FORMAT, "version": version, "files": self._resolve(store, entries),
+                    "creator_uid": creator_uid}
+        created = self._write_once(store, str(BundleFQID(uuid, version)), manifest, BundleConflict)
+        self.bus.publish(Event(replica.value, str(BundleFQID(uuid, version))))
+        return manifest, created
+
+    def patch(self, uuid: str, version: str, replica: Replica, add: Sequence[dict] | None,
+              remove: Sequence[dict] | None) -> str:
+        uuid, version = normalise_uuid(uuid), validate_version(version)
+        base = self.get(uuid, replica, version)
+        store = self.replicas[replica]
+        removed = {(f["name"], normalise_uuid(f["uuid"]), f["version"]) for f in remove or ()}
+        kept = [f for f in base["files"] if (f["name"], f["uuid"], f["version"]) not in removed]
+        added = [BundleFile.from_request(f) for f in add or ()]
+        _check_names([BundleFile(f["name"], f["uuid"], f["version"], f["indexed"]) for f in kept] + added)
+        new = new_version()
+        manifest = {**base, "version": new, "files": kept + self._resolve(store, added)}
+        self._write_once(store, str(BundleFQID(uuid, new)), manifest, BundleConflict)
+        self.bus.publish(Event(replica.value, str(BundleFQID(uuid, new))))
+        return new
+
+    def delete(self, uuid: str, replica: Replica, version: str | None, reason: str, email: str) -> None:
+        uuid, store = normalise_uuid(uuid), self.replicas[replica]
+        prefix = f"bundles/{uuid}.{version}" if version else f"bundles/{uuid}."
+        if next(iter(store.list(prefix)), None) is None:
+            raise NotFound("Cannot find bundle!")
+        tombstone: dict[str, Any] = {"email": email, "reason": reason, "admin_deleted": True}
+        if version:
+            tombstone["version"] = version
+        key = str(BundleTombstoneID(uuid, version))
+        self._write_once(store, key, tombstone, TombstoneConflict)
+        self.bus.publish(Event(replica.value, key))
+
+    # --- helpers ----------------------------------------------------------------------------
+    def _write_once(self, store: BlobStore, key: str, document: dict, conflict: type[Exception]) -> bool:
+        try:
+            store.put_json(key, document, if_absent=True)
+            return True
+        except BlobAlreadyExists:
+            if store.get_json(key) != document:
+                raise conflict(f"{key} already exists with different content") from None
+            return False
+
+    def _resolve(self, store: BlobStore, entries: Sequence[BundleFile]) -> list[dict]:
+        """Manifest entries for `entries`, waiting a bounded time for files still being written."""
+        deadline = time.monotonic() + self.file_wait
+        found: dict[int, dict] = {}
+        while True:
+            missing = [i for i in range(len(entries)) if i not in found]
+            results = self._pool.map(lambda i: (i, _file_metadata(store, entries[i])), missing)
+            found.update((i, meta) for i, meta in results if meta is not None)
+            if len(found) == len(entries):
+                break
+            if time.monotonic() >= deadline:
+                absent = next(entries[i] for i in range(len(entries)) if i not in found)
+                raise FileMissing(f"Bundle refers to a file that does not exist: {absent.uuid}.{absent.version}")
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        return [_manifest_entry(entries[i], found[i]) for i in range(len(entries))]
+
+
+def _file_metadata(store: BlobStore, entry: BundleFile) -> dict | None:
+    try:
+        return store.get_json(f"files/{entry.uuid}.{entry.version}")
+    except BlobNotFound:
+        return None
+
+
+def _manifest_entry(entry: BundleFile, meta: dict) -> dict:
+    return {"name": entry.name, "uuid": entry.uuid, "version": entry.version,
+            "content-type": meta["content-type"], "size": meta["size"], "indexed": entry.indexed,
+            "crc32c": meta["crc32c"], "s3-etag": meta["s3-etag"], "sha1": meta["sha1"], "sha256": meta["sha256"]}
+
+
+def _check_names(entries: Iterable[BundleFile]) -> None:
+    seen: set[str] = set()
+    for entry in entries:
+        if entry.name in seen:
+            raise DuplicateFilename(f"Duplicate file name in bundle: {entry.name!r}")
+        seen.add(entry.name)
+
+
+def _versions(keys: Iterable[str]) -> tuple[set[str], set[str | None]]:
+    """(versions present, tombstoned versions — None meaning every version)."""
+    versions: set[str] = set()
+    dead: set[str | None] = set()
+    for key in keys:
+        parsed = ObjectKey.parse(key)
+        if parsed is None:
+            continue
+        if parsed.dead:
+            dead.add(parsed.version)
+        elif parsed.version:
+            versions.add(parsed.version)
+    return versions, dead
+
+
+def _live_bundles(keys: Iterable[str]) -> Iterator[tuple[str, dict[str, str]]]:
+    """(key, {uuid, version}) of live bundle versions. A uuid's tombstones sort after its versions,
+    so each uuid's keys are gathered before any of them is emitted."""
+    group: list[ObjectKey] = []
+    for key in keys:
+        parsed = ObjectKey.parse(key)
+        if parsed is None:
+            continue
+        if group and group[0].uuid != parsed.uuid:
+            yield from _emit(group)
+            group = []
+        group.append(parsed)
+    yield from _emit(group)
+
+
+def _emit(group: list[ObjectKey]) -> Iterator[tuple[str, dict[str, str]]]:
+    dead = {k.version for k in group if k.dead}
+    if None in dead:
+        return
+    for key in group:
+        if not key.dead and key.version and key.version not in dead:
+            yield str(key), {"uuid": key.uuid, "version": key.version}

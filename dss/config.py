@@ -1,0 +1,152 @@
+"""One immutable settings object, built once from an environment mapping at an entry point.
+
+Nothing else in `dss` reads `os.environ`; entry points call `Config.from_env(os.environ)` and pass the
+result down. Every `DSS_*` variable is listed in the README's configuration table.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import os
+from pathlib import Path
+from typing import Mapping
+
+__all__ = ["Config", "ConfigError", "DEFAULT_NOTIFY_DELAYS"]
+
+GROUP_CLAIM = "https://auth.data.humancellatlas.org/group"
+EMAIL_CLAIM = "https://auth.data.humancellatlas.org/email"
+# The audience the hca client hard-codes for service-account tokens.
+HCA_AUDIENCE = "https://dev.data.humancellatlas.org/"
+LOCAL_ISSUER = "https://dss.local/"
+# 0 s, 1 min, 10 min, 1 h, 6 h, then daily up to day 7.
+DEFAULT_NOTIFY_DELAYS = (0, 60, 600, 3600, 21600) + (86400,) * 7
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed."""
+
+
+def _csv(value: str | None) -> tuple[str, ...]:
+    return tuple(item.strip() for item in (value or "").split(",") if item.strip())
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _networks(entries: tuple[str, ...]) -> tuple[str, ...]:
+    for entry in entries:
+        if "/" in entry:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ConfigError(f"DSS_CALLBACK_ALLOWLIST entry {entry!r} is not a CIDR range") from None
+    return entries
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 5000
+    api_url: str | None = None
+    version: str = "unversioned"
+    stage: str = "local"
+    debug: int = 0
+    read_only: bool = False
+    replica_urls: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    staging_roots: tuple[Path, ...] = ()
+    queue_url: str = ""
+    tables_url: str = ""
+    search_url: str = ""
+    workers: int = 2
+    signed_url_ttl: int = 3600
+    bundle_file_wait: float = 15.0
+    bundle_manifest_index_limit: int = 20000
+    # auth
+    audiences: tuple[str, ...] = (HCA_AUDIENCE,)
+    group_claim: str = GROUP_CLAIM
+    email_claim: str = EMAIL_CLAIM
+    openid_providers: tuple[str, ...] = ()
+    authorized_domains: tuple[str, ...] = ()
+    admin_emails: tuple[str, ...] = ()
+    local_issuer: str = LOCAL_ISSUER
+    application_secrets: str | None = None
+    # notifications
+    notify_delays: tuple[int, ...] = DEFAULT_NOTIFY_DELAYS
+    notify_timeout: float = 60.0
+    callback_allowlist: tuple[str, ...] = ()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], *, cwd: Path | None = None) -> "Config":
+        base = cwd or Path(os.getcwd())
+        data_dir = Path(env.get("DSS_DATA_DIR") or base / "data").expanduser()
+        if not data_dir.is_absolute():
+            data_dir = base / data_dir
+        replica_urls = {
+            "aws": env.get("DSS_AWS_REPLICA_URL") or (data_dir / "replicas" / "aws").as_uri(),
+            "gcp": env.get("DSS_GCP_REPLICA_URL") or (data_dir / "replicas" / "gcp").as_uri(),
+        }
+        delays = env.get("DSS_NOTIFY_DELAYS")
+        return cls(
+            data_dir=data_dir,
+            host=env.get("DSS_HOST") or "127.0.0.1",
+            port=_int(env, "DSS_PORT", 5000, minimum=0),
+            api_url=(env.get("DSS_API_URL") or "").rstrip("/") or None,
+            version=env.get("DSS_VERSION") or "unversioned",
+            stage=env.get("DSS_DEPLOYMENT_STAGE") or "local",
+            debug=_int(env, "DSS_DEBUG", 0),
+            read_only=_flag(env.get("DSS_READ_ONLY_MODE")),
+            replica_urls=replica_urls,
+            staging_roots=tuple(Path(p).resolve() for p in _csv(env.get("DSS_STAGING_ROOTS"))),
+            queue_url=env.get("DSS_QUEUE_URL") or f"sqlite://{data_dir / 'queue.sqlite3'}",
+            tables_url=env.get("DSS_TABLES_URL") or f"sqlite://{data_dir / 'tables.sqlite3'}",
+            search_url=env.get("DSS_SEARCH_URL") or f"sqlite://{data_dir / 'search'}",
+            workers=_int(env, "DSS_WORKERS", 2, minimum=0),
+            signed_url_ttl=_int(env, "DSS_SIGNED_URL_TTL", 3600, minimum=1),
+            bundle_file_wait=_float(env, "DSS_BUNDLE_FILE_WAIT", 15.0),
+            bundle_manifest_index_limit=_int(env, "DSS_BUNDLE_MANIFEST_INDEX_LIMIT", 20000),
+            audiences=_csv(env.get("DSS_OIDC_AUDIENCE")) or (HCA_AUDIENCE,),
+            group_claim=env.get("DSS_OIDC_GROUP_CLAIM") or GROUP_CLAIM,
+            email_claim=env.get("DSS_OIDC_EMAIL_CLAIM") or EMAIL_CLAIM,
+            openid_providers=_csv(env.get("DSS_OPENID_PROVIDERS")),
+            authorized_domains=_csv(env.get("DSS_AUTHORIZED_DOMAINS")),
+            admin_emails=tuple(e.lower() for e in _csv(env.get("DSS_ADMIN_EMAILS"))),
+            local_issuer=env.get("DSS_LOCAL_ISSUER") or LOCAL_ISSUER,
+            application_secrets=env.get("DSS_APPLICATION_SECRETS") or None,
+            notify_delays=tuple(int(d) for d in _csv(delays)) if delays else DEFAULT_NOTIFY_DELAYS,
+            notify_timeout=_float(env, "DSS_NOTIFY_TIMEOUT", 60.0),
+            callback_allowlist=_networks(_csv(env.get("DSS_CALLBACK_ALLOWLIST"))),
+        )
+
+    def replace(self, **changes: object) -> "Config":
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def describe(self) -> str:
+        """A one-line, secret-free summary for the start-up log."""
+        return json.dumps({"data_dir": str(self.data_dir), "replicas": dict(self.replica_urls),
+                           "search": self.search_url, "read_only": self.read_only})

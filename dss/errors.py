@@ -1,0 +1,132 @@
+"""Domain errors, named by meaning. Each carries the stable machine `code` that clients see.
+
+Only `dss.api.errors` turns these into HTTP statuses and problem+json bodies; nothing below the API
+layer knows about HTTP. Storage backends raise `dss.storage.blobstore.BlobStoreError` subclasses,
+which the domain translates where it matters.
+
+    DSSError
+    ├── InvalidRequest          (client sent something unusable)
+    │   ├── IllegalVersion, IllegalArguments, UnknownSourceSchema, DuplicateFilename, FileMissing,
+    │   │   OnlyOneUrlType, IllegalToken, IllegalSource
+    ├── NotFound
+    ├── Conflict                FileConflict, BundleConflict, TombstoneConflict
+    ├── Unprocessable           MissingChecksum, InvalidChecksum, ChecksumMismatch
+    ├── Unauthorized / Forbidden / AuthProblem
+    ├── ReadOnly, Unavailable
+"""
+from __future__ import annotations
+
+__all__ = [
+    "DSSError", "InvalidRequest", "IllegalVersion", "IllegalArguments", "UnknownSourceSchema",
+    "IllegalSource", "DuplicateFilename", "FileMissing", "OnlyOneUrlType", "IllegalToken", "NotFound",
+    "Conflict", "FileConflict", "BundleConflict", "TombstoneConflict", "Unprocessable",
+    "MissingChecksum", "InvalidChecksum", "ChecksumMismatch", "AuthProblem", "Unauthorized",
+    "Forbidden", "ReadOnly", "Unavailable", "TooManySubscriptions",
+]
+
+
+class DSSError(Exception):
+    code = "internal_error"
+
+    def __init__(self, title: str, *, code: str | None = None) -> None:
+        super().__init__(title)
+        self.title = title
+        if code is not None:
+            self.code = code
+
+
+class InvalidRequest(DSSError):
+    code = "illegal_arguments"
+
+
+class IllegalVersion(InvalidRequest):
+    code = "illegal_version"
+
+
+class IllegalArguments(InvalidRequest):
+    code = "illegal_arguments"
+
+
+class UnknownSourceSchema(InvalidRequest):
+    code = "unknown_source_schema"
+
+
+class IllegalSource(InvalidRequest):
+    code = "illegal_source_url"
+
+
+class DuplicateFilename(InvalidRequest):
+    code = "duplicate_filename"
+
+
+class FileMissing(InvalidRequest):
+    code = "file_missing"
+
+
+class OnlyOneUrlType(InvalidRequest):
+    code = "only_one_urltype"
+
+
+class IllegalToken(InvalidRequest):
+    code = "illegal_token"
+
+
+class NotFound(DSSError):
+    code = "not_found"
+
+
+class Conflict(DSSError):
+    code = "conflict"
+
+
+class FileConflict(Conflict):
+    code = "file_already_exists"
+
+
+class BundleConflict(Conflict):
+    code = "bundle_already_exists"
+
+
+class TombstoneConflict(Conflict):
+    code = "bundle_tombstone_already_exists"
+
+
+class Unprocessable(DSSError):
+    code = "unprocessable"
+
+
+class MissingChecksum(Unprocessable):
+    code = "missing_checksum"
+
+
+class InvalidChecksum(Unprocessable):
+    code = "invalid_checksum"
+
+
+class ChecksumMismatch(Unprocessable):
+    code = "checksum_mismatch"
+
+
+class AuthProblem(DSSError):
+    """401 for a missing or malformed Authorization header (connexion's historical code)."""
+    code = "OAuthProblem"
+
+
+class Unauthorized(DSSError):
+    code = "Unauthorized"
+
+
+class Forbidden(DSSError):
+    code = "Forbidden"
+
+
+class TooManySubscriptions(DSSError):
+    code = "not_acceptable"
+
+
+class ReadOnly(DSSError):
+    code = "read_only"
+
+
+class Unavailable(DSSError):
+    code = "service_unavailable"

@@ -1,0 +1,86 @@
+"""The composition root: builds every port and service once from a Config and hands them out.
+
+`Runtime.start()` starts the embedded background workers (the event queue's threads); the Lambda
+entry points never call it, because in the cloud the queue is driven by SQS triggers.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from pathlib import Path
+
+from dss.auth import Authenticator, KeyStore
+from dss.bundles import BundleService
+from dss.config import Config
+from dss.events.bus import EventWorkers, Handler, SQLiteEventBus
+from dss.events.handlers.sync import SyncHandler
+from dss.files import FileService
+from dss.files.sources import SourceResolver
+from dss.storage.blobstore import BlobStoreFactory
+from dss.storage.replicas import Replicas
+
+__all__ = ["Runtime"]
+
+logger = logging.getLogger(__name__)
+
+
+def _signing_secret(data_dir: Path) -> bytes:
+    """The local store's URL-signing key, kept (0600) in the data directory across restarts."""
+    path = data_dir / "auth" / "url-signing.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_hex(32))
+    return bytes.fromhex(path.read_text().strip())
+
+
+def _sqlite_path(url: str) -> Path:
+    if not url.startswith("sqlite://"):
+        raise ValueError(f"the embedded runtime needs a sqlite:// URL, got {url!r}")
+    return Path(url[len("sqlite://"):])
+
+
+class Runtime:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.factory = BlobStoreFactory(signing_secret=_signing_secret(config.data_dir))
+        self.replicas = Replicas(self.factory, config.replica_urls)
+        self.keys = KeyStore(config.data_dir / "auth")
+        self.authenticator = Authenticator(config, self.keys)
+        self.bus = SQLiteEventBus(_sqlite_path(config.queue_url), handlers=("sync",))
+        self.files = FileService(self.replicas, SourceResolver(self.factory, config.staging_roots), self.bus,
+                                 config.data_dir / "spool")
+        self.bundles = BundleService(self.replicas, self.bus, config.bundle_file_wait)
+        self.handlers: dict[str, Handler] = {"sync": SyncHandler(self.replicas, self.bus)}
+        self.workers = EventWorkers(self.bus, self.handlers, threads=config.workers)
+        self._started = False
+
+    def start(self) -> None:
+        if not self._started and self.config.workers:
+            self.workers.start()
+            self._started = True
+            logger.info("DSS runtime started: %s", self.config.describe())
+
+    def stop(self) -> None:
+        if self._started:
+            self.workers.stop()
+            self._started = False
+
+    def healthy(self) -> bool:
+        """Every replica answers a listing and the event queue answers a query."""
+        try:
+            for replica in self.replicas:
+                next(iter(self.replicas[replica].list("bundles/", start_after="bundles/~")), None)
+            self.bus.pending()
+        except Exception:  # noqa: BLE001 - any failure is "unhealthy"; details go to the log
+            logger.warning("Health check failed", exc_info=True)
+            return False
+        return True
+
+    def application_secrets(self, base_url: str) -> dict:
+        """The OAuth client document the hca client reads (`installed.client_id`); public by design."""
+        if self.config.application_secrets:
+            return json.loads(Path(self.config.application_secrets).read_text())
+        return {"installed": {"client_id": "dss-local", "project_id": "dss", "redirect_uris": [base_url]}}

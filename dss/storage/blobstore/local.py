@@ -1,0 +1,259 @@
+"""Local-disk blob store (`file:///abs/dir`).
+
+Layout: key `a/b/name` lives at `<root>/a/b/<name[:2]>/<name>`; the two-character shard keeps
+directories small, and a prefix listing whose last component has two or more characters reads one
+shard only. Objects are written to `<root>/.tmp/`, fsynced, then published with `link()` (a
+conditional create: it fails if the key exists) or `replace()` (an overwrite). Content type and user
+metadata live in a sidecar `<path>.meta` published before the object itself, so a visible object
+always has its metadata.
+
+Signed URLs are served by the DSS API itself (`dss.api.blobserver`): `/blobstore/<name>/<key>` with
+`expires` and an HMAC-SHA256 `signature` over name, key, expiry and disposition.
+"""
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import hmac
+import json
+import os
+import time
+import urllib.parse
+import uuid
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator, Mapping
+
+from dss.storage.blobstore import BlobAlreadyExists, BlobInfo, BlobNotFound, BlobStore, BlobWriter
+
+__all__ = ["LocalBlobStore"]
+
+_META_SUFFIX = ".meta"
+_SHARD = 2
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _RangeReader:
+    """A file object limited to [start, end)."""
+
+    def __init__(self, path: Path, start: int, end: int | None) -> None:
+        self._file = open(path, "rb")
+        self._file.seek(start)
+        self._left = None if end is None else max(0, end - start)
+
+    def read(self, size: int = -1) -> bytes:
+        if self._left is None:
+            return self._file.read(size)
+        if size < 0 or size > self._left:
+            size = self._left
+        data = self._file.read(size)
+        self._left -= len(data)
+        return data
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "_RangeReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _LocalWriter(BlobWriter):
+    def __init__(self, store: "LocalBlobStore", key: str, content_type: str,
+                 metadata: Mapping[str, str] | None, if_absent: bool) -> None:
+        self.store, self.key, self.if_absent = store, key, if_absent
+        self.meta = {"content_type": content_type, "metadata": dict(metadata or {})}
+        self.tmp = store.tmp_dir / uuid.uuid4().hex
+        self._file: BinaryIO | None = open(self.tmp, "wb")
+        self.size = 0
+
+    @classmethod
+    def adopt(cls, store: "LocalBlobStore", key: str, staged: Path, content_type: str,
+              metadata: Mapping[str, str] | None, if_absent: bool) -> "_LocalWriter":
+        """A writer whose bytes are already complete in `staged` (a file inside the store's tmp dir)."""
+        writer = cls.__new__(cls)
+        writer.store, writer.key, writer.if_absent = store, key, if_absent
+        writer.meta = {"content_type": content_type, "metadata": dict(metadata or {})}
+        writer.tmp, writer._file, writer.size = staged, None, staged.stat().st_size
+        return writer
+
+    def write(self, chunk: bytes) -> None:
+        assert self._file is not None, "writer already closed"
+        self._file.write(chunk)
+        self.size += len(chunk)
+
+    def commit(self) -> BlobInfo:
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+        path = self.store.path(self.key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta_tmp = self.tmp.with_suffix(_META_SUFFIX)
+        meta_tmp.write_text(json.dumps(self.meta))
+        try:
+            if self.if_absent:
+                if path.exists():
+                    raise BlobAlreadyExists(self.key)
+                os.replace(meta_tmp, self.store.meta_path(path))
+                try:
+                    os.link(self.tmp, path)
+                except FileExistsError:
+                    raise BlobAlreadyExists(self.key) from None
+            else:
+                os.replace(meta_tmp, self.store.meta_path(path))
+                os.replace(self.tmp, path)
+            _fsync_dir(path.parent)
+        finally:
+            self.abort()
+        return BlobInfo(self.key, self.size, self.meta["content_type"], self.meta["metadata"])
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        for leftover in (self.tmp, self.tmp.with_suffix(_META_SUFFIX)):
+            try:
+                leftover.unlink()
+            except FileNotFoundError:
+                pass
+
+
+class LocalBlobStore(BlobStore):
+    scheme = "file"
+
+    def __init__(self, bucket: str, *, client: Any = None, name: str | None = None,
+                 signing_secret: bytes | None = None, **_: Any) -> None:
+        super().__init__(bucket)
+        self.root = Path(bucket)
+        self.name = name or hashlib.sha1(bucket.encode()).hexdigest()[:12]
+        self.secret = signing_secret or b""
+        self.tmp_dir = self.root / ".tmp"
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return self.root.as_uri()
+
+    @classmethod
+    def make_client(cls, options: Mapping[str, Any]) -> None:
+        return None
+
+    # --- key ↔ path ---------------------------------------------------------------------------
+    def path(self, key: str) -> Path:
+        parent, _, name = key.rpartition("/")
+        if not name or name.startswith(".") or ".." in key.split("/") or key.startswith("/"):
+            raise BlobNotFound(key)
+        return self.root / parent / name[:_SHARD] / name
+
+    @staticmethod
+    def meta_path(path: Path) -> Path:
+        return path.with_name(path.name + _META_SUFFIX)
+
+    # --- primitives ---------------------------------------------------------------------------
+    def head(self, key: str) -> BlobInfo:
+        path = self.path(key)
+        try:
+            stat = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            raise BlobNotFound(key) from None
+        try:
+            meta = json.loads(self.meta_path(path).read_text())
+        except (FileNotFoundError, ValueError):
+            meta = {}
+        return BlobInfo(key, stat.st_size, meta.get("content_type", "application/octet-stream"),
+                        meta.get("metadata", {}),
+                        last_modified=datetime.datetime.fromtimestamp(stat.st_mtime, datetime.timezone.utc))
+
+    def open(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
+        try:
+            return _RangeReader(self.path(key), start, end)  # type: ignore[return-value]
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise BlobNotFound(key) from None
+
+    def writer(self, key: str, *, size: int | None = None, content_type: str = "application/octet-stream",
+               metadata: Mapping[str, str] | None = None, if_absent: bool = False) -> BlobWriter:
+        self.path(key)  # validates the key
+        return _LocalWriter(self, key, content_type, metadata, if_absent)
+
+    def put_file(self, key: str, path: Path, *, content_type: str = "application/octet-stream",
+                 metadata: Mapping[str, str] | None = None, if_absent: bool = False) -> BlobInfo:
+        """Link the file into place when it is on the same file system: no second copy of the bytes."""
+        staged = self.tmp_dir / uuid.uuid4().hex
+        try:
+            os.link(path, staged)
+        except OSError:
+            return super().put_file(key, path, content_type=content_type, metadata=metadata, if_absent=if_absent)
+        writer = _LocalWriter.adopt(self, key, staged, content_type, metadata, if_absent)
+        return writer.commit()
+
+    def delete(self, key: str) -> None:
+        path = self.path(key)
+        for target in (path, self.meta_path(path)):
+            try:
+                target.unlink()
+            except FileNotFoundError:
+                pass
+
+    def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[str]:
+        parent, _, stem = prefix.rpartition("/")
+        base = self.root / parent if parent else self.root
+        head = f"{parent}/" if parent else ""
+        if len(stem) >= _SHARD:
+            shards = [stem[:_SHARD]]
+        else:
+            try:
+                shards = sorted(e.name for e in os.scandir(base) if e.is_dir() and e.name.startswith(stem)
+                                and not e.name.startswith("."))
+            except (FileNotFoundError, NotADirectoryError):
+                return
+        for shard in shards:
+            if start_after is not None and head + shard < start_after[: len(head) + _SHARD]:
+                continue
+            yield from self._list_shard(base / shard, head, stem, start_after)
+
+    def _list_shard(self, shard_dir: Path, head: str, stem: str, start_after: str | None) -> Iterator[str]:
+        try:
+            names = sorted(e.name for e in os.scandir(shard_dir)
+                           if e.name.startswith(stem) and not e.name.endswith(_META_SUFFIX) and e.is_file())
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for name in names:
+            key = head + name
+            if start_after is None or key > start_after:
+                yield key
+
+    # --- signed URLs --------------------------------------------------------------------------
+    def _signature(self, key: str, expires: int, disposition: str) -> str:
+        message = "\n".join((self.name, key, str(expires), disposition)).encode()
+        digest = hmac.new(self.secret, message, hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+    def signed_url(self, key: str, expires_in: int, content_disposition: str | None = None) -> str:
+        """A root-relative URL; the API layer makes it absolute with the request's base URL."""
+        if not self.secret:
+            raise RuntimeError("this local store was built without a signing secret")
+        expires = int(time.time()) + expires_in
+        query = {"expires": str(expires), "signature": self._signature(key, expires, content_disposition or "")}
+        if content_disposition:
+            query["disposition"] = content_disposition
+        return f"/blobstore/{self.name}/{urllib.parse.quote(key)}?{urllib.parse.urlencode(query)}"
+
+    def verify_signature(self, key: str, expires: str, signature: str, disposition: str = "") -> bool:
+        try:
+            expiry = int(expires)
+        except ValueError:
+            return False
+        if not self.secret or expiry < time.time():
+            return False
+        return hmac.compare_digest(self._signature(key, expiry, disposition), signature)

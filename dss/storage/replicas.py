@@ -1,0 +1,50 @@
+"""The two replicas of the store, each a BlobStore chosen from configuration by URL."""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any, Callable, Iterator, Mapping
+
+from dss.identifiers import Replica
+from dss.storage.blobstore import BlobStore, BlobStoreFactory
+
+__all__ = ["Replicas", "ImmutableCache"]
+
+
+class Replicas:
+    def __init__(self, factory: BlobStoreFactory, urls: Mapping[str, str]) -> None:
+        self.factory = factory
+        self._stores = {Replica(name): factory.for_url(url, name=name) for name, url in urls.items()}
+
+    def __getitem__(self, replica: Replica | str) -> BlobStore:
+        return self._stores[Replica(replica)]
+
+    def __iter__(self) -> Iterator[Replica]:
+        return iter(self._stores)
+
+    def by_name(self, name: str) -> BlobStore | None:
+        try:
+            return self._stores[Replica(name)]
+        except ValueError:
+            return None
+
+
+class ImmutableCache:
+    """A small LRU for parsed write-once objects (bundle manifests): safe because they never change."""
+
+    def __init__(self, capacity: int = 64) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_or_load(self, key: Any, load: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = load()
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return value

@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Operator commands for a DSS deployment. Run with the project's virtualenv:
+
+    .venv/bin/python scripts/dss-ops.py token --email me@example.org --group hca
+    .venv/bin/python scripts/dss-ops.py trust-service-account --key-file sa.json
+    .venv/bin/python scripts/dss-ops.py events pending|dead
+    .venv/bin/python scripts/dss-ops.py sync verify [--replica aws]
+
+Settings come from the same DSS_* environment variables as the server (DSS_DATA_DIR above all).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dss.auth import KeyStore, mint_token  # noqa: E402
+from dss.config import Config  # noqa: E402
+
+logger = logging.getLogger("dss-ops")
+
+
+def _config() -> Config:
+    return Config.from_env(os.environ)
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    config = _config()
+    print(mint_token(config, KeyStore(config.data_dir / "auth"), args.email, args.group or ["hca"], args.ttl))
+    return 0
+
+
+def cmd_trust_service_account(args: argparse.Namespace) -> int:
+    config = _config()
+    email = KeyStore(config.data_dir / "auth").trust_service_account(json.loads(Path(args.key_file).read_text()))
+    print(f"Tokens self-signed by {email} with this key are now accepted.")
+    return 0
+
+
+def _runtime():
+    from dss.runtime import Runtime
+
+    return Runtime(_config())
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    runtime = _runtime()
+    if args.action == "pending":
+        print(runtime.bus.pending())
+    elif args.action == "dead":
+        print(json.dumps(runtime.bus.dead_letters(), indent=2))
+    elif args.action == "drain":
+        runtime.workers.drain(timeout=args.timeout)
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from dss.identifiers import Replica
+    from dss.ops import verify_sync
+
+    runtime = _runtime()
+    problems = verify_sync(runtime.replicas, Replica(args.replica))
+    for problem in problems:
+        print(problem)
+    print(f"{len(problems)} problem(s) found.", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="dss-ops.py", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = top.add_subparsers(dest="command", required=True)
+
+    token = commands.add_parser("token", help="mint a token from the local issuer")
+    token.add_argument("--email", required=True)
+    token.add_argument("--group", action="append", help="group claim (repeatable; default hca)")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+    token.set_defaults(func=cmd_token)
+
+    trust = commands.add_parser("trust-service-account", help="accept tokens self-signed by a service account key")
+    trust.add_argument("--key-file", required=True, help="a Google service-account JSON key file")
+    trust.set_defaults(func=cmd_trust_service_account)
+
+    events = commands.add_parser("events", help="inspect or drain the embedded event queue")
+    events.add_argument("action", choices=["pending", "dead", "drain"])
+    events.add_argument("--timeout", type=float, default=600)
+    events.set_defaults(func=cmd_events)
+
+    sync = commands.add_parser("sync", help="check that every object of a replica exists in the other")
+    sync.add_argument("action", choices=["verify"])
+    sync.add_argument("--replica", default="aws", choices=["aws", "gcp"])
+    sync.set_defaults(func=cmd_sync)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
