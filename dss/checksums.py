@@ -10,8 +10,8 @@ import hashlib
 import queue
 import re
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
 
 import google_crc32c
 
@@ -97,7 +97,7 @@ class ChecksumSet:
         self._etag = _S3Etag(size)
         self._crc = google_crc32c.Checksum()
 
-    def sinks(self) -> list[Callable[[bytes], None]]:
+    def sinks(self) -> list[Callable[[bytes], object]]:
         return [self._sha256.update, self._sha1.update, self._etag.update, self._crc.update]
 
     def result(self) -> Checksums:
@@ -108,7 +108,7 @@ class ChecksumSet:
 _DONE = object()
 
 
-def fan_out(chunks: Iterable[bytes], sinks: list[Callable[[bytes], None]], depth: int = 4) -> int:
+def fan_out(chunks: Iterable[bytes], sinks: list[Callable[[bytes], object]], depth: int = 4) -> int:
     """Feed every chunk to every sink, each sink in its own thread. Returns the byte count.
 
     The first exception from a sink or from the chunk iterator is re-raised after all threads stop.
@@ -116,7 +116,7 @@ def fan_out(chunks: Iterable[bytes], sinks: list[Callable[[bytes], None]], depth
     errors: list[BaseException] = []
     queues: list[queue.Queue] = [queue.Queue(maxsize=depth) for _ in sinks]
 
-    def drain(q: queue.Queue, sink: Callable[[bytes], None]) -> None:
+    def drain(q: queue.Queue, sink: Callable[[bytes], object]) -> None:
         failed = False
         while True:
             item = q.get()

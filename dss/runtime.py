@@ -14,9 +14,11 @@ from dss.auth import Authenticator, KeyStore
 from dss.bundles import BundleService
 from dss.config import Config
 from dss.events.bus import EventWorkers, Handler, SQLiteEventBus
+from dss.events.handlers.index import IndexHandler
 from dss.events.handlers.sync import SyncHandler
 from dss.files import FileService
 from dss.files.sources import SourceResolver
+from dss.index.backend import open_search_index
 from dss.storage.blobstore import BlobStoreFactory
 from dss.storage.replicas import Replicas
 
@@ -49,11 +51,15 @@ class Runtime:
         self.replicas = Replicas(self.factory, config.replica_urls)
         self.keys = KeyStore(config.data_dir / "auth")
         self.authenticator = Authenticator(config, self.keys)
-        self.bus = SQLiteEventBus(_sqlite_path(config.queue_url), handlers=("sync",))
+        self.search = open_search_index(config.search_url)
+        self.bus = SQLiteEventBus(_sqlite_path(config.queue_url), handlers=("sync", "index"))
         self.files = FileService(self.replicas, SourceResolver(self.factory, config.staging_roots), self.bus,
                                  config.data_dir / "spool")
         self.bundles = BundleService(self.replicas, self.bus, config.bundle_file_wait)
-        self.handlers: dict[str, Handler] = {"sync": SyncHandler(self.replicas, self.bus)}
+        self.handlers: dict[str, Handler] = {
+            "sync": SyncHandler(self.replicas, self.bus),
+            "index": IndexHandler(self.replicas, self.search, config.bundle_manifest_index_limit),
+        }
         self.workers = EventWorkers(self.bus, self.handlers, threads=config.workers)
         self._started = False
 

@@ -11,8 +11,9 @@ import contextlib
 import functools
 import importlib
 import logging
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import connexion
 import yaml

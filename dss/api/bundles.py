@@ -31,7 +31,9 @@ def get(runtime: Runtime, uuid: str, replica: str, version: str | None = None, d
                                              runtime.config.signed_url_ttl, direct=directurls)
             shaped["url"] = url if directurls else absolute(runtime.config, url)
     more = len(files) - start_at > per_page
-    link = next_link(runtime.config, {"start_at": start_at + per_page, "version": manifest["version"]}) if more else None
+    link = None
+    if more:
+        link = next_link(runtime.config, {"start_at": start_at + per_page, "version": manifest["version"]})
     body = {"bundle": {"uuid": uuid.lower(), "version": manifest["version"], "creator_uid": manifest["creator_uid"],
                        "files": page}}
     return reply(body, 206 if more else 200, page_headers("bundle.files", link))

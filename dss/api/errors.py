@@ -13,6 +13,7 @@ from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from starlette.exceptions import HTTPException
 
 from dss import errors
+from dss.index.backend import QueryError, SearchUnavailable
 
 __all__ = ["problem", "register_error_handlers", "STATUS"]
 
@@ -70,6 +71,14 @@ def _http_exception(request: ConnexionRequest, exc: Exception) -> ConnexionRespo
     return problem(exc.status_code, code, str(exc.detail))
 
 
+def _query_error(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+    return problem(400, "elasticsearch_bad_request", str(exc))
+
+
+def _search_unavailable(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+    return problem(503, "service_unavailable", str(exc) or "The search index is unavailable")
+
+
 def _unhandled(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
     logger.error("Unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
     return problem(500, "unhandled_exception", "An unexpected error occurred; it has been logged.")
@@ -79,4 +88,6 @@ def register_error_handlers(app) -> None:
     app.add_error_handler(errors.DSSError, _dss_error)
     app.add_error_handler(ProblemException, _connexion_problem)
     app.add_error_handler(HTTPException, _http_exception)
+    app.add_error_handler(QueryError, _query_error)
+    app.add_error_handler(SearchUnavailable, _search_unavailable)
     app.add_error_handler(Exception, _unhandled)

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 
-from connexion import NoContent
-
 from dss.api.responses import absolute, reply
 from dss.auth import require_group
 from dss.errors import IllegalToken
@@ -25,7 +23,7 @@ def file_headers(metadata: FileMetadata) -> dict[str, str]:
 
 def head(runtime: Runtime, uuid: str, replica: str, version: str | None = None):
     metadata = runtime.files.metadata(uuid, Replica(replica), version)
-    return reply(NoContent, 200, file_headers(metadata))
+    return reply(None, 200, file_headers(metadata))
 
 
 def get(runtime: Runtime, uuid: str, replica: str, version: str | None = None, token: str | None = None,
@@ -35,7 +33,7 @@ def get(runtime: Runtime, uuid: str, replica: str, version: str | None = None, t
     metadata = runtime.files.metadata(uuid, Replica(replica), version)
     url = runtime.files.download_url(metadata, Replica(replica), runtime.config.signed_url_ttl, direct=directurl,
                                      content_disposition=None if directurl else content_disposition)
-    return reply(NoContent, 302, {"Location": absolute(runtime.config, url), **file_headers(metadata)})
+    return reply(None, 302, {"Location": absolute(runtime.config, url), **file_headers(metadata)})
 
 
 def put(runtime: Runtime, uuid: str, version: str, body: dict, token_info: dict):

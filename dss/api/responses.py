@@ -2,20 +2,24 @@
 `Link` headers for the next page."""
 from __future__ import annotations
 
+import json
 import urllib.parse
-from typing import Mapping
+from collections.abc import Mapping
 
 from connexion.context import request
+from starlette.responses import Response
 
 from dss.config import Config
 
 __all__ = ["reply", "public_base", "absolute", "next_link", "page_headers"]
 
 
-def reply(body: object, status: int = 200, headers: Mapping[str, str] | None = None) -> tuple:
-    """A handler result. The content type is explicit because each operation declares two (JSON for
-    success, problem+json for errors) and Connexion will not guess between them."""
-    return body, status, {"Content-Type": "application/json", **(headers or {})}
+def reply(body: object, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    """A finished JSON response. Handlers return these rather than (body, status) tuples because each
+    operation declares two media types (JSON for success, problem+json for errors) and Connexion will
+    not choose between them; `None` means an empty body (HEAD, redirects)."""
+    content = b"" if body is None else json.dumps(body).encode()
+    return Response(content, status_code=status, headers=dict(headers or {}), media_type="application/json")
 
 
 def public_base(config: Config) -> str:

@@ -8,14 +8,23 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 from dss.errors import BundleConflict, DuplicateFilename, FileMissing, NotFound, TombstoneConflict
 from dss.events import Event
 from dss.events.bus import EventBus
-from dss.identifiers import BundleFQID, BundleTombstoneID, ObjectKey, Replica, new_version, normalise_uuid, validate_version
+from dss.identifiers import (
+    BundleFQID,
+    BundleTombstoneID,
+    ObjectKey,
+    Replica,
+    new_version,
+    normalise_uuid,
+    validate_version,
+)
 from dss.storage.blobstore import BlobAlreadyExists, BlobNotFound, BlobStore
 from dss.storage.replicas import ImmutableCache, Replicas
 
@@ -37,7 +46,7 @@ class BundleFile:
     indexed: bool
 
     @classmethod
-    def from_request(cls, item: dict) -> "BundleFile":
+    def from_request(cls, item: dict) -> BundleFile:
         return cls(item["name"], normalise_uuid(item["uuid"]), validate_version(item["version"]),
                    bool(item["indexed"]))
 
@@ -49,7 +58,8 @@ class EnumerationPage:
 
 
 class BundleService:
-    def __init__(self, replicas: Replicas, bus: EventBus, file_wait: float, cache: ImmutableCache | None = None) -> None:
+    def __init__(self, replicas: Replicas, bus: EventBus, file_wait: float,
+                 cache: ImmutableCache | None = None) -> None:
         self.replicas = replicas
         self.bus = bus
         self.file_wait = file_wait
@@ -81,7 +91,8 @@ class BundleService:
         return EnumerationPage(page, None)
 
     # --- writes -----------------------------------------------------------------------------
-    def put(self, uuid: str, version: str, replica: Replica, files: Sequence[dict], creator_uid: int) -> tuple[Manifest, bool]:
+    def put(self, uuid: str, version: str, replica: Replica, files: Sequence[dict],
+            creator_uid: int) -> tuple[Manifest, bool]:
         uuid, version = normalise_uuid(uuid), validate_version(version)
         entries = [BundleFile.from_request(f) for f in files]
         _check_names(entries)

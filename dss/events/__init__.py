@@ -23,5 +23,5 @@ class Event:
         return json.dumps(asdict(self), separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str) -> "Event":
+    def from_json(cls, text: str) -> Event:
         return cls(**json.loads(text))

@@ -9,9 +9,10 @@ from __future__ import annotations
 import mimetypes
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Mapping
+from typing import BinaryIO
 
 from dss.checksums import CHECKSUM_PATTERNS
 from dss.errors import IllegalArguments, IllegalSource, InvalidChecksum, MissingChecksum, UnknownSourceSchema
@@ -60,7 +61,8 @@ class SourceResolver:
         if not match:
             if url.startswith("wasb://"):
                 raise UnknownSourceSchema(f"Unknown source URL scheme in {url!r}")
-            raise IllegalArguments(f"source_url must look like s3://bucket/key, gs://bucket/key or file:///path: {url!r}")
+            raise IllegalArguments(
+                f"source_url must look like s3://bucket/key, gs://bucket/key or file:///path: {url!r}")
         scheme, bucket, key = match.groups()
         if scheme == "wasb":
             raise UnknownSourceSchema(f"Unknown source URL scheme in {url!r}")

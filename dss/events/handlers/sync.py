@@ -9,6 +9,7 @@ notification happen there too.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from dss.checksums import read_chunks
@@ -105,7 +106,7 @@ class _Copier:
             except BlobAlreadyExists:
                 pass
 
-    def _conditional_write(self, key: str, data: bytes, content_type: str, metadata: dict) -> None:
+    def _conditional_write(self, key: str, data: bytes, content_type: str, metadata: Mapping[str, str]) -> None:
         try:
             self.dest.put(key, data, content_type=content_type, metadata=metadata, if_absent=True)
             self.written.append(key)

@@ -19,9 +19,10 @@ import abc
 import datetime
 import json
 import threading
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, ClassVar, Iterator, Mapping
+from typing import Any, BinaryIO, ClassVar
 
 __all__ = [
     "BlobStore", "BlobWriter", "BlobInfo", "BlobStoreError", "BlobNotFound", "BlobAlreadyExists",
@@ -75,7 +76,7 @@ class BlobWriter(abc.ABC):
     def abort(self) -> None:
         """Discard everything written; safe to call more than once or after commit."""
 
-    def __enter__(self) -> "BlobWriter":
+    def __enter__(self) -> BlobWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

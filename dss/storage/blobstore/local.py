@@ -1,11 +1,11 @@
 """Local-disk blob store (`file:///abs/dir`).
 
-Layout: key `a/b/name` lives at `<root>/a/b/<name[:2]>/<name>`; the two-character shard keeps
-directories small, and a prefix listing whose last component has two or more characters reads one
-shard only. Objects are written to `<root>/.tmp/`, fsynced, then published with `link()` (a
-conditional create: it fails if the key exists) or `replace()` (an overwrite). Content type and user
-metadata live in a sidecar `<path>.meta` published before the object itself, so a visible object
-always has its metadata.
+Layout: key `a/b/name` lives at `<root>/a/b/~na/<name>`; the two-character shard keeps directories
+small, and a listing whose prefix names at least two characters of the last part reads one shard.
+Key parts may not be empty or start with `.` or `~`. Objects are written to `<root>/.tmp/`, fsynced,
+then published with `link()` (a conditional create: it fails if the key exists) or `replace()` (an
+overwrite). Content type and user metadata live in a sidecar `<path>.meta` published before the
+object itself, so a visible object always has its metadata.
 
 Signed URLs are served by the DSS API itself (`dss.api.blobserver`): `/blobstore/<name>/<key>` with
 `expires` and an HMAC-SHA256 `signature` over name, key, expiry and disposition.
@@ -15,14 +15,17 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
+import heapq
 import hmac
+import itertools
 import json
 import os
 import time
 import urllib.parse
 import uuid
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Mapping
+from typing import Any, BinaryIO
 
 from dss.storage.blobstore import BlobAlreadyExists, BlobInfo, BlobNotFound, BlobStore, BlobWriter
 
@@ -30,6 +33,17 @@ __all__ = ["LocalBlobStore"]
 
 _META_SUFFIX = ".meta"
 _SHARD = 2
+_MARK = "~"  # shard directories are `~ab`; key parts may not start with it, so the two never collide
+
+
+def _compatible(shard: str, stem: str) -> bool:
+    """Could a name in this shard start with `stem`?"""
+    return shard.startswith(stem) or stem.startswith(shard)
+
+
+def _before(prefix: str, start_after: str | None) -> bool:
+    """Is every key beginning with `prefix` at or before `start_after`? Then its subtree is skipped."""
+    return start_after is not None and prefix < start_after[: len(prefix)]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -60,7 +74,7 @@ class _RangeReader:
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> "_RangeReader":
+    def __enter__(self) -> _RangeReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -68,21 +82,21 @@ class _RangeReader:
 
 
 class _LocalWriter(BlobWriter):
-    def __init__(self, store: "LocalBlobStore", key: str, content_type: str,
+    def __init__(self, store: LocalBlobStore, key: str, content_type: str,
                  metadata: Mapping[str, str] | None, if_absent: bool) -> None:
         self.store, self.key, self.if_absent = store, key, if_absent
-        self.meta = {"content_type": content_type, "metadata": dict(metadata or {})}
+        self.content_type, self.metadata = content_type, dict(metadata or {})
         self.tmp = store.tmp_dir / uuid.uuid4().hex
         self._file: BinaryIO | None = open(self.tmp, "wb")
         self.size = 0
 
     @classmethod
-    def adopt(cls, store: "LocalBlobStore", key: str, staged: Path, content_type: str,
-              metadata: Mapping[str, str] | None, if_absent: bool) -> "_LocalWriter":
+    def adopt(cls, store: LocalBlobStore, key: str, staged: Path, content_type: str,
+              metadata: Mapping[str, str] | None, if_absent: bool) -> _LocalWriter:
         """A writer whose bytes are already complete in `staged` (a file inside the store's tmp dir)."""
         writer = cls.__new__(cls)
         writer.store, writer.key, writer.if_absent = store, key, if_absent
-        writer.meta = {"content_type": content_type, "metadata": dict(metadata or {})}
+        writer.content_type, writer.metadata = content_type, dict(metadata or {})
         writer.tmp, writer._file, writer.size = staged, None, staged.stat().st_size
         return writer
 
@@ -100,7 +114,7 @@ class _LocalWriter(BlobWriter):
         path = self.store.path(self.key)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta_tmp = self.tmp.with_suffix(_META_SUFFIX)
-        meta_tmp.write_text(json.dumps(self.meta))
+        meta_tmp.write_text(json.dumps({"content_type": self.content_type, "metadata": self.metadata}))
         try:
             if self.if_absent:
                 if path.exists():
@@ -116,7 +130,7 @@ class _LocalWriter(BlobWriter):
             _fsync_dir(path.parent)
         finally:
             self.abort()
-        return BlobInfo(self.key, self.size, self.meta["content_type"], self.meta["metadata"])
+        return BlobInfo(self.key, self.size, self.content_type, self.metadata)
 
     def abort(self) -> None:
         if self._file is not None:
@@ -151,10 +165,10 @@ class LocalBlobStore(BlobStore):
 
     # --- key ↔ path ---------------------------------------------------------------------------
     def path(self, key: str) -> Path:
-        parent, _, name = key.rpartition("/")
-        if not name or name.startswith(".") or ".." in key.split("/") or key.startswith("/"):
-            raise BlobNotFound(key)
-        return self.root / parent / name[:_SHARD] / name
+        parts = key.split("/")
+        if any(not part or part.startswith((".", _MARK)) for part in parts):
+            raise BlobNotFound(key)  # such keys could escape the root or collide with the layout
+        return self.root.joinpath(*parts[:-1], _MARK + parts[-1][:_SHARD], parts[-1])
 
     @staticmethod
     def meta_path(path: Path) -> Path:
@@ -173,7 +187,7 @@ class LocalBlobStore(BlobStore):
             meta = {}
         return BlobInfo(key, stat.st_size, meta.get("content_type", "application/octet-stream"),
                         meta.get("metadata", {}),
-                        last_modified=datetime.datetime.fromtimestamp(stat.st_mtime, datetime.timezone.utc))
+                        last_modified=datetime.datetime.fromtimestamp(stat.st_mtime, datetime.UTC))
 
     def open(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
         try:
@@ -207,22 +221,31 @@ class LocalBlobStore(BlobStore):
 
     def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[str]:
         parent, _, stem = prefix.rpartition("/")
-        base = self.root / parent if parent else self.root
         head = f"{parent}/" if parent else ""
-        if len(stem) >= _SHARD:
-            shards = [stem[:_SHARD]]
-        else:
-            try:
-                shards = sorted(e.name for e in os.scandir(base) if e.is_dir() and e.name.startswith(stem)
-                                and not e.name.startswith("."))
-            except (FileNotFoundError, NotADirectoryError):
-                return
-        for shard in shards:
-            if start_after is not None and head + shard < start_after[: len(head) + _SHARD]:
-                continue
-            yield from self._list_shard(base / shard, head, stem, start_after)
+        directory = self.root / parent if parent else self.root
+        return (key for key in self._walk(directory, head, stem, start_after) if key.startswith(prefix))
 
-    def _list_shard(self, shard_dir: Path, head: str, stem: str, start_after: str | None) -> Iterator[str]:
+    def _walk(self, directory: Path, head: str, stem: str, start_after: str | None) -> Iterator[str]:
+        """Keys under `directory` (whose keys start with `head`) whose next part starts with `stem`, sorted.
+
+        Names in shard directories (`~ab`) and keys below sub-directories form two sorted streams: shards
+        in order hold names in order, and the keys of sub-directory `d` sort together right after `d/`."""
+        try:
+            entries = sorted((e.name for e in os.scandir(directory) if e.is_dir()), key=lambda n: n.lstrip(_MARK))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        shards = [e for e in entries if e.startswith(_MARK) and _compatible(e[1:], stem)]
+        subdirs = [e for e in entries if not e.startswith((_MARK, ".")) and e.startswith(stem)]
+        names = itertools.chain.from_iterable(
+            self._shard(directory / shard, head, stem, start_after) for shard in shards
+            if not _before(head + shard[1:], start_after))
+        nested = itertools.chain.from_iterable(
+            self._walk(directory / sub, f"{head}{sub}/", "", start_after) for sub in subdirs
+            if not _before(f"{head}{sub}/", start_after))
+        yield from heapq.merge(names, nested)
+
+    @staticmethod
+    def _shard(shard_dir: Path, head: str, stem: str, start_after: str | None) -> Iterator[str]:
         try:
             names = sorted(e.name for e in os.scandir(shard_dir)
                            if e.name.startswith(stem) and not e.name.endswith(_META_SUFFIX) and e.is_file())

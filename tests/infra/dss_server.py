@@ -1,0 +1,128 @@
+"""Fixtures that run a real DSS server: in-process on a free port (uvicorn in a thread), or as a
+`./dss-api` subprocess for tests that kill it. Each test gets its own data directory."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import uvicorn
+
+from dss.api import create_app
+from dss.auth import mint_token
+from dss.config import Config
+from dss.runtime import Runtime
+
+REPO = Path(__file__).resolve().parents[2]
+ADMIN = "admin@example.org"
+USER = "user@example.org"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(url: str, timeout: float = 30.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+def base_env(data_dir: Path, staging: Path, **extra: str) -> dict[str, str]:
+    return {"DSS_DATA_DIR": str(data_dir), "DSS_STAGING_ROOTS": str(staging), "DSS_ADMIN_EMAILS": ADMIN,
+            "DSS_BUNDLE_FILE_WAIT": "1", **extra}
+
+
+@dataclass
+class DSSServer:
+    url: str
+    runtime: Runtime
+    staging: Path
+    _server: Any = field(default=None, repr=False)
+    _thread: threading.Thread | None = field(default=None, repr=False)
+
+    @property
+    def config(self) -> Config:
+        return self.runtime.config
+
+    def token(self, email: str = USER, groups: tuple[str, ...] = ("hca",), ttl: int = 3600) -> str:
+        return mint_token(self.config, self.runtime.keys, email, groups, ttl)
+
+    def auth(self, email: str = USER, groups: tuple[str, ...] = ("hca",)) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(email, groups)}"}
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+            assert self._thread is not None
+            self._thread.join(10)
+            self._server = None
+
+
+def start_server(env: Mapping[str, str], port: int | None = None) -> DSSServer:
+    config = Config.from_env({**env, "DSS_PORT": str(port or free_port())})
+    runtime = Runtime(config)
+    server = uvicorn.Server(uvicorn.Config(create_app(runtime), host="127.0.0.1", port=config.port,
+                                           log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{config.port}"
+    wait_for(url + "/version")
+    return DSSServer(url, runtime, Path(env["DSS_STAGING_ROOTS"]), server, thread)
+
+
+@pytest.fixture
+def staging(tmp_path: Path) -> Path:
+    path = tmp_path / "staging"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def dss_env(tmp_path: Path, staging: Path) -> dict[str, str]:
+    """The environment of a server under test; tests may add settings before starting it."""
+    return base_env(tmp_path / "data", staging)
+
+
+@pytest.fixture
+def dss(dss_env: dict[str, str]) -> Iterator[DSSServer]:
+    server = start_server(dss_env)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def dss_process_factory(tmp_path: Path):
+    """Start `./dss-api` as a subprocess (for tests that SIGKILL it); all are killed at teardown."""
+    processes: list[subprocess.Popen] = []
+
+    def start(env: Mapping[str, str], port: int) -> subprocess.Popen:
+        log = open(tmp_path / f"server-{len(processes)}.log", "wb")
+        process = subprocess.Popen([sys.executable, str(REPO / "dss-api")],
+                                   env={**os.environ, **env, "DSS_PORT": str(port)}, stdout=log,
+                                   stderr=subprocess.STDOUT)
+        processes.append(process)
+        wait_for(f"http://127.0.0.1:{port}/version")
+        return process
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

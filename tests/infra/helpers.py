@@ -1,0 +1,43 @@
+"""Small helpers for API tests: stage bytes, register files and bundles through the real API."""
+from __future__ import annotations
+
+import uuid as uuidlib
+from pathlib import Path
+
+import requests
+
+from dss.identifiers import new_version
+
+
+def new_uuid() -> str:
+    return str(uuidlib.uuid4())
+
+
+def stage_local(staging: Path, data: bytes, name: str = "data.bin") -> str:
+    directory = staging / new_uuid()
+    directory.mkdir()
+    path = directory / name
+    path.write_bytes(data)
+    return path.as_uri()
+
+
+def put_file(dss, source_url: str, file_uuid: str | None = None, version: str | None = None,
+             creator_uid: int = 1) -> requests.Response:
+    file_uuid, version = file_uuid or new_uuid(), version or new_version()
+    return requests.put(f"{dss.url}/v1/files/{file_uuid}", params={"version": version}, headers=dss.auth(),
+                        json={"source_url": source_url, "creator_uid": creator_uid})
+
+
+def add_file(dss, data: bytes, name: str = "data.bin") -> dict:
+    """Stage and register a file; returns a bundle entry for it."""
+    file_uuid, version = new_uuid(), new_version()
+    response = put_file(dss, stage_local(dss.staging, data, name.rsplit("/", 1)[-1]), file_uuid, version)
+    assert response.status_code == 201, response.text
+    return {"uuid": file_uuid, "version": version, "name": name, "indexed": name.endswith(".json")}
+
+
+def put_bundle(dss, files: list[dict], bundle_uuid: str | None = None, version: str | None = None,
+               replica: str = "aws", creator_uid: int = 1) -> requests.Response:
+    bundle_uuid, version = bundle_uuid or new_uuid(), version or new_version()
+    return requests.put(f"{dss.url}/v1/bundles/{bundle_uuid}", params={"version": version, "replica": replica},
+                        headers=dss.auth(), json={"files": files, "creator_uid": creator_uid})
