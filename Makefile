@@ -1,6 +1,7 @@
 # DSS — `make run` serves the API on the embedded default; `make test` runs lint and the test suite.
 # Both set up what they need: a virtualenv in .venv from the pinned lock files.
 
+SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -27,7 +28,8 @@ $(HCA_VENV)/.installed:
 hca-client: $(HCA_VENV)/.installed
 
 run: $(VENV)/.installed
-	$(BIN)/python dss-api
+	mkdir -p staging
+	. ./environment && exec $(BIN)/python dss-api
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check dss chalice scripts tests benchmarks dss-api

@@ -9,8 +9,8 @@ import dataclasses
 import ipaddress
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 __all__ = ["Config", "ConfigError", "DEFAULT_NOTIFY_DELAYS"]
 
@@ -102,7 +102,7 @@ class Config:
     callback_allowlist: tuple[str, ...] = ()
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], *, cwd: Path | None = None) -> "Config":
+    def from_env(cls, env: Mapping[str, str], *, cwd: Path | None = None) -> Config:
         base = cwd or Path(os.getcwd())
         data_dir = Path(env.get("DSS_DATA_DIR") or base / "data").expanduser()
         if not data_dir.is_absolute():
@@ -143,7 +143,7 @@ class Config:
             callback_allowlist=_networks(_csv(env.get("DSS_CALLBACK_ALLOWLIST"))),
         )
 
-    def replace(self, **changes: object) -> "Config":
+    def replace(self, **changes: object) -> Config:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
     def describe(self) -> str:

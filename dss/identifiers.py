@@ -30,14 +30,14 @@ class Replica(str, enum.Enum):
         return {"aws": "s3", "gcp": "gs"}[self.value]
 
     @property
-    def other(self) -> "Replica":
+    def other(self) -> Replica:
         return Replica.gcp if self is Replica.aws else Replica.aws
 
 
 def new_version(now: datetime.datetime | None = None) -> str:
     """A server-side version: UTC now in DSS_VERSION format."""
-    moment = now or datetime.datetime.now(datetime.timezone.utc)
-    return moment.astimezone(datetime.timezone.utc).strftime(VERSION_FORMAT)
+    moment = now or datetime.datetime.now(datetime.UTC)
+    return moment.astimezone(datetime.UTC).strftime(VERSION_FORMAT)
 
 
 def is_version(value: str) -> bool:
@@ -76,7 +76,7 @@ class BlobKey:
         return f"blobs/{self.sha256}.{self.sha1}.{self.s3_etag}.{self.crc32c}"
 
     @classmethod
-    def parse(cls, key: str) -> "BlobKey | None":
+    def parse(cls, key: str) -> BlobKey | None:
         match = _BLOB_KEY_RE.match(key)
         return cls(*match.groups()) if match else None
 
@@ -94,7 +94,7 @@ class ObjectKey:
         return f"{self.kind}/{self.uuid}{version}{'.dead' if self.dead else ''}"
 
     @classmethod
-    def parse(cls, key: str) -> "ObjectKey | None":
+    def parse(cls, key: str) -> ObjectKey | None:
         match = _OBJECT_KEY_RE.match(key)
         if not match:
             return None

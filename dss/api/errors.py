@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 
 from dss import errors
 from dss.index.backend import QueryError, SearchUnavailable
+from dss.storage.blobstore import BlobStoreUnavailable
 
 __all__ = ["problem", "register_error_handlers", "STATUS"]
 
@@ -79,6 +80,15 @@ def _search_unavailable(request: ConnexionRequest, exc: Exception) -> ConnexionR
     return problem(503, "service_unavailable", str(exc) or "The search index is unavailable")
 
 
+def _storage_unavailable(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+    logger.warning("Storage unavailable during %s %s: %s", request.method, request.url.path, exc)
+    return problem(503, "service_unavailable", "Storage is temporarily unavailable; try again")
+
+
+def _undecodable(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+    return problem(400, "illegal_arguments", "The request body is not valid UTF-8")
+
+
 def _unhandled(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
     logger.error("Unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
     return problem(500, "unhandled_exception", "An unexpected error occurred; it has been logged.")
@@ -90,4 +100,6 @@ def register_error_handlers(app) -> None:
     app.add_error_handler(HTTPException, _http_exception)
     app.add_error_handler(QueryError, _query_error)
     app.add_error_handler(SearchUnavailable, _search_unavailable)
+    app.add_error_handler(BlobStoreUnavailable, _storage_unavailable)
+    app.add_error_handler(UnicodeDecodeError, _undecodable)
     app.add_error_handler(Exception, _unhandled)

@@ -33,9 +33,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for(url: str, timeout: float = 30.0) -> None:
+def wait_for(url: str, timeout: float = 30.0, process: subprocess.Popen | None = None) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server exited with status {process.returncode}")
         try:
             requests.get(url, timeout=1)
             return
@@ -118,7 +120,7 @@ def dss_process_factory(tmp_path: Path):
                                    env={**os.environ, **env, "DSS_PORT": str(port)}, stdout=log,
                                    stderr=subprocess.STDOUT)
         processes.append(process)
-        wait_for(f"http://127.0.0.1:{port}/version")
+        wait_for(f"http://127.0.0.1:{port}/version", process=process)
         return process
 
     yield start
