@@ -29,22 +29,28 @@ from dss.runtime import Runtime  # noqa: E402
 
 app = Chalice(app_name="dss")
 _METHODS = ("get", "put", "post", "patch", "delete", "head")
-_asgi: Any = None
+_built: dict[str, Any] = {}
+
+
+def _runtime() -> Runtime:
+    """Built once per cold start: configuration from the Lambda environment, clients created once."""
+    if "runtime" not in _built:
+        _built["runtime"] = Runtime(Config.from_env(os.environ))
+    return _built["runtime"]
 
 
 def _application() -> Any:
-    """Built once per cold start: configuration from the Lambda environment, clients created once."""
-    global _asgi
-    if _asgi is None:
-        _asgi = create_app(Runtime(Config.from_env(os.environ)))
-    return _asgi
+    if "app" not in _built:
+        _built["app"] = create_app(_runtime())
+    return _built["app"]
 
 
-def _scope(event: dict, request: Any) -> dict:
+def _scope(event: dict, request: Any, body: bytes) -> dict:
     path = event.get("path") or event["requestContext"]["path"]
     params = request.query_params
     query = [(k, v) for k in (params or {}) for v in params.getlist(k)]
     headers = {k.lower(): v for k, v in (request.headers or {}).items()}
+    headers["content-length"] = str(len(body))  # API Gateway events may omit it; Connexion relies on it
     host = headers.get("host", "localhost")
     return {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": request.method,
@@ -78,8 +84,9 @@ async def _call(asgi: Any, scope: dict, body: bytes) -> tuple[int, list[tuple[by
 
 def _dispatch() -> Response:
     request = app.current_request
-    scope = _scope(request.to_original_event(), request)
-    status, raw_headers, body = asyncio.run(_call(_application(), scope, request.raw_body or b""))
+    body = request.raw_body or b""
+    scope = _scope(request.to_original_event(), request, body)
+    status, raw_headers, body = asyncio.run(_call(_application(), scope, body))
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw_headers if k.lower() != b"content-length"}
     return Response(body=body.decode("utf-8", errors="replace"), status_code=status, headers=headers)
 

@@ -19,8 +19,12 @@ from dss.events.handlers.sync import SyncHandler
 from dss.files import FileService
 from dss.files.sources import SourceResolver
 from dss.index.backend import open_search_index
+from dss.notify import DeliveryStore, DeliveryWorker
 from dss.storage.blobstore import BlobStoreFactory
 from dss.storage.replicas import Replicas
+from dss.subscriptions import SubscriptionService
+from dss.subscriptions.notifier import Notifier
+from dss.tables import Tables
 
 __all__ = ["Runtime"]
 
@@ -52,13 +56,21 @@ class Runtime:
         self.keys = KeyStore(config.data_dir / "auth")
         self.authenticator = Authenticator(config, self.keys)
         self.search = open_search_index(config.search_url)
+        self.tables = Tables(config.tables_url, prefix=f"dss-{config.stage}-")
+        self.subscription_table = self.tables("subscriptions")
+        self.deliveries = DeliveryStore.from_config(config, config.data_dir / "deliveries.sqlite3")
+        self.delivery_worker = DeliveryWorker(self.deliveries)
+        self.subscriptions = SubscriptionService(self.subscription_table, self.search,
+                                                 allowlist=config.callback_allowlist, deliveries=self.deliveries)
+        self.notifier = Notifier(self.subscriptions, self.deliveries,
+                                 api_base=config.api_url or f"http://{config.host}:{config.port}")
         self.bus = SQLiteEventBus(_sqlite_path(config.queue_url), handlers=("sync", "index"))
         self.files = FileService(self.replicas, SourceResolver(self.factory, config.staging_roots), self.bus,
                                  config.data_dir / "spool")
         self.bundles = BundleService(self.replicas, self.bus, config.bundle_file_wait)
         self.handlers: dict[str, Handler] = {
             "sync": SyncHandler(self.replicas, self.bus),
-            "index": IndexHandler(self.replicas, self.search, config.bundle_manifest_index_limit),
+            "index": IndexHandler(self.replicas, self.search, config.bundle_manifest_index_limit, self.notifier),
         }
         self.workers = EventWorkers(self.bus, self.handlers, threads=config.workers)
         self._started = False
@@ -66,13 +78,21 @@ class Runtime:
     def start(self) -> None:
         if not self._started and self.config.workers:
             self.workers.start()
+            self.delivery_worker.start()
             self._started = True
             logger.info("DSS runtime started: %s", self.config.describe())
 
     def stop(self) -> None:
         if self._started:
             self.workers.stop()
+            self.delivery_worker.stop()
             self._started = False
+
+    def close(self) -> None:
+        """Stop the workers and release connections (tests, and the launcher's pre-fork set-up)."""
+        self.stop()
+        self.search.close()
+        self.deliveries.close()
 
     def healthy(self) -> bool:
         """Every replica answers a listing and the event queue answers a query."""

@@ -37,7 +37,7 @@ def test_same_answers_through_chalice_and_the_local_server(chalice_app, tmp_path
     source = staging / "parity.json"
     source.write_text('{"parity": true}')
     server = start_server(base_env(tmp_path / "server-data", staging))
-    lambda_runtime = chalice_app._application()  # builds the Lambda's runtime from the environment
+    lambda_runtime = chalice_app._runtime()  # the Lambda's runtime, built from the environment
 
     def requests_for(token: str) -> list[tuple[str, str, dict, bytes | None]]:
         auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException
 from dss import errors
 from dss.index.backend import QueryError, SearchUnavailable
 from dss.storage.blobstore import BlobStoreUnavailable
+from dss.tables import TableError
 
 __all__ = ["problem", "register_error_handlers", "STATUS"]
 
@@ -101,5 +102,6 @@ def register_error_handlers(app) -> None:
     app.add_error_handler(QueryError, _query_error)
     app.add_error_handler(SearchUnavailable, _search_unavailable)
     app.add_error_handler(BlobStoreUnavailable, _storage_unavailable)
+    app.add_error_handler(TableError, _storage_unavailable)
     app.add_error_handler(UnicodeDecodeError, _undecodable)
     app.add_error_handler(Exception, _unhandled)

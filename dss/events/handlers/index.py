@@ -2,8 +2,8 @@
 
 A new manifest becomes a search document (built from its indexed JSON files); a tombstone replaces
 the documents of the versions it covers, which stay searchable as tombstones. After a document is
-stored, subscribers are notified (CREATE or TOMBSTONE). The handler is idempotent: a document that is
-already stored unchanged is neither rewritten nor notified again.
+stored, subscribers are notified (CREATE or TOMBSTONE). The handler is idempotent: a document already
+stored unchanged is not rewritten, and the notifier enqueues each (subscription, event) once.
 """
 from __future__ import annotations
 
@@ -75,10 +75,11 @@ class IndexHandler:
 
     def _store(self, replica: str, uuid: str, version: str, document: dict, event_type: str) -> None:
         doc_id = doc_id_of(uuid, version)
-        if self.search.get(replica, doc_id) == document:
-            return
-        self.search.index(replica, doc_id, document)
+        if self.search.get(replica, doc_id) != document:
+            self.search.index(replica, doc_id, document)
         if self.notifier is not None:
+            # Even for an unchanged document: a retried event may have failed between indexing and
+            # notifying, and the notifier de-duplicates by event id.
             self.notifier.notify(replica, uuid, version, event_type, document)
 
     def _prefetch(self, store: BlobStore, manifest: Mapping[str, Any]):

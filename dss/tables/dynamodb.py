@@ -1,0 +1,121 @@
+"""Tables in DynamoDB: one DynamoDB table per name, string keys ``hash_key``/``sort_key``, the body as a JSON
+string attribute ``body`` (the original DSS's layout, so its tables can be read as they are).
+
+Tables are on-demand (PAY_PER_REQUEST). Terraform creates them in a deployment; ``create_if_missing``
+creates one on open, for tests and for trying the cloud backend by hand. boto3 is imported lazily, and
+the endpoint, region and credentials come from boto3's own configuration chain.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from dss.tables import Table, TableConflict, TableError
+
+__all__ = ["DynamoDBTable", "dynamodb_client"]
+
+
+def dynamodb_client(region: str | None = None) -> Any:
+    import boto3
+
+    return boto3.session.Session().client("dynamodb", region_name=region)
+
+
+def _error_code(error: Exception) -> str:
+    response = getattr(error, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+class DynamoDBTable(Table):
+    def __init__(self, name: str, *, region: str | None = None, client: Any = None,
+                 create_if_missing: bool = False) -> None:
+        super().__init__(name)
+        self._client = client or dynamodb_client(region)
+        if create_if_missing:
+            self._create()
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
+        except ClientError as e:
+            code = _error_code(e)
+            if code == "ConditionalCheckFailedException":  # only conditional puts carry a condition
+                raise TableConflict(f"an item already exists under those keys in {self.name!r}") from e
+            if code == "ResourceNotFoundException":
+                raise TableError(f"DynamoDB table {self.name!r} does not exist") from e
+            raise TableError(f"DynamoDB table {self.name!r}: {e}") from e
+        except BotoCoreError as e:
+            raise TableError(f"DynamoDB table {self.name!r}: {e}") from e
+
+    def _create(self) -> None:
+        from botocore.exceptions import ClientError
+
+        with self._translated():
+            try:
+                self._client.create_table(
+                    TableName=self.name, BillingMode="PAY_PER_REQUEST",
+                    KeySchema=[{"AttributeName": "hash_key", "KeyType": "HASH"},
+                               {"AttributeName": "sort_key", "KeyType": "RANGE"}],
+                    AttributeDefinitions=[{"AttributeName": "hash_key", "AttributeType": "S"},
+                                          {"AttributeName": "sort_key", "AttributeType": "S"}])
+            except ClientError as e:
+                if _error_code(e) != "ResourceInUseException":  # it exists, or another process is creating it
+                    raise
+            self._client.get_waiter("table_exists").wait(TableName=self.name,
+                                                         WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+
+    @staticmethod
+    def _key(hash_key: str, sort_key: str) -> dict[str, Any]:
+        return {"hash_key": {"S": hash_key}, "sort_key": {"S": sort_key}}
+
+    def _put(self, hash_key: str, sort_key: str, body: dict[str, Any], if_absent: bool) -> None:
+        item = {**self._key(hash_key, sort_key), "body": {"S": json.dumps(body)}}
+        condition = {"ConditionExpression": "attribute_not_exists(hash_key)"} if if_absent else {}
+        with self._translated():
+            self._client.put_item(TableName=self.name, Item=item, **condition)
+
+    def _get(self, hash_key: str, sort_key: str) -> dict[str, Any] | None:
+        with self._translated():
+            item = self._client.get_item(TableName=self.name, Key=self._key(hash_key, sort_key),
+                                         ConsistentRead=True).get("Item")
+        return json.loads(item["body"]["S"]) if item else None
+
+    def _delete(self, hash_key: str, sort_key: str) -> bool:
+        with self._translated():
+            response = self._client.delete_item(TableName=self.name, Key=self._key(hash_key, sort_key),
+                                                ReturnValues="ALL_OLD")
+        return bool(response.get("Attributes"))
+
+    def _pages(self, operation: str, **arguments: Any) -> Iterator[dict[str, Any]]:
+        """Follow LastEvaluatedKey: DynamoDB answers at most 1 MB per call."""
+        start: dict[str, Any] | None = None
+        while True:
+            with self._translated():
+                page = getattr(self._client, operation)(TableName=self.name, **arguments,
+                                                        **({"ExclusiveStartKey": start} if start else {}))
+            yield page
+            start = page.get("LastEvaluatedKey")
+            if not start:
+                return
+
+    def _query_arguments(self, hash_key: str) -> dict[str, Any]:
+        return {"KeyConditionExpression": "hash_key = :h", "ExpressionAttributeValues": {":h": {"S": hash_key}},
+                "ConsistentRead": True}
+
+    def _query(self, hash_key: str) -> list[dict[str, Any]]:
+        pages = self._pages("query", ScanIndexForward=True, **self._query_arguments(hash_key))
+        return [json.loads(item["body"]["S"]) for page in pages for item in page.get("Items", [])]
+
+    def _count(self, hash_key: str) -> int:
+        return sum(page.get("Count", 0) for page in self._pages("query", Select="COUNT",
+                                                                 **self._query_arguments(hash_key)))
+
+    def _scan(self) -> Iterator[dict[str, Any]]:
+        for page in self._pages("scan"):
+            for item in page.get("Items", []):
+                yield json.loads(item["body"]["S"])

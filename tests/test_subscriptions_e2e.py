@@ -1,0 +1,179 @@
+"""End to end: subscribe through the API, PUT (and delete) bundles through the API, and a real receiver
+gets correctly signed notifications. The path is API → storage → event queue → index handler (embedded
+search engine, percolation) → Notifier → delivery store → delivery worker → HTTP.
+
+Signatures are checked with `requests-http-signature` 0.1.0, the library the original's subscribers use.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import time
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import requests
+from requests.structures import CaseInsensitiveDict
+from requests_http_signature import HTTPSignatureAuth
+
+from dss.identifiers import new_version
+from tests.infra.dss_server import ADMIN, DSSServer
+from tests.infra.helpers import add_file, new_uuid, put_bundle
+
+if TYPE_CHECKING:
+    from tests.infra.receivers import Receiver, RecordedRequest
+
+pytest_plugins = ["tests.infra.receivers"]
+
+SECRET = "e2e-hmac-secret"
+SHORT_NAME_QUERY = "files.project_json[0].project_core.project_short_name == 'abc'"
+ES_QUERY = {"query": {"match": {"files.project_json.project_core.project_short_name": "abc"}}}
+
+
+@pytest.fixture
+def dss_env(dss_env: dict[str, str]) -> dict[str, str]:
+    dss_env["DSS_CALLBACK_ALLOWLIST"] = "127.0.0.1/32"
+    dss_env["DSS_NOTIFY_DELAYS"] = "0,1,2"
+    dss_env["DSS_NOTIFY_TIMEOUT"] = "5"
+    return dss_env
+
+
+def subscribe(dss: DSSServer, body: dict[str, Any], replica: str = "aws") -> str:
+    response = requests.put(f"{dss.url}/v1/subscriptions", params={"replica": replica}, json=body,
+                            headers=dss.auth(), timeout=30)
+    assert response.status_code == 201, response.text
+    return response.json()["uuid"]
+
+
+def project_bundle(dss: DSSServer, short_name: str, bundle_uuid: str | None = None) -> tuple[str, str]:
+    project = add_file(dss, json.dumps({"project_core": {"project_short_name": short_name,
+                                                         "title": f"The {short_name} project"}}).encode(),
+                       "project_0.json")
+    bundle_uuid, version = bundle_uuid or new_uuid(), new_version()
+    response = put_bundle(dss, [project], bundle_uuid, version)
+    assert response.status_code == 201, response.text
+    return bundle_uuid, version
+
+
+def settle(dss: DSSServer) -> None:
+    """Wait until every event (sync, index) has been handled."""
+    dss.runtime.workers.drain(timeout=60)
+
+
+def payloads(requests_: list[RecordedRequest]) -> list[dict[str, Any]]:
+    return [json.loads(r.body) for r in requests_]
+
+
+def verify_signature(request: RecordedRequest, key_id: str, secret: str = SECRET) -> None:
+    message = SimpleNamespace(method=request.method, url=request.url, headers=CaseInsensitiveDict(request.headers))
+
+    def key_resolver(key_id: str, algorithm: str) -> bytes:
+        assert (key_id, algorithm) == (expected, "hmac-sha256")
+        return secret.encode()
+
+    expected = key_id
+    HTTPSignatureAuth.verify(message, key_resolver=key_resolver)
+    # requests-http-signature 0.1.0 does not compare Digest with the body; a careful receiver does.
+    assert request.headers["Digest"] == "SHA-256=" + base64.b64encode(hashlib.sha256(request.body).digest()).decode()
+
+
+def quiet_for(receiver: Receiver, count: int, seconds: float = 1.5) -> None:
+    """Nothing beyond ``count`` requests arrives within ``seconds`` (duplicates would show up here)."""
+    time.sleep(seconds)
+    assert len(receiver.requests) == count, payloads(receiver.requests)
+
+
+def test_a_new_bundle_notifies_matching_jmespath_subscribers(dss: DSSServer, receiver: Receiver) -> None:
+    matching = subscribe(dss, {"callback_url": receiver.url("/match"), "jmespath_query": SHORT_NAME_QUERY,
+                               "hmac_secret_key": SECRET,
+                               "attachments": {"title": {"type": "jmespath",
+                                                         "expression": "files.project_json[0].project_core.title"}}})
+    subscribe(dss, {"callback_url": receiver.url("/other"),
+                    "jmespath_query": "files.project_json[0].project_core.project_short_name == 'xyz'"})
+    bundle_uuid, version = project_bundle(dss, "abc")
+    settle(dss)
+    (request,) = receiver.wait_for(1, timeout=15)
+    assert request.path == "/match" and request.method == "POST"
+    verify_signature(request, f"hca-dss:{matching}")
+    payload = json.loads(request.body)
+    assert payload["subscription_id"] == matching and payload["event_type"] == "CREATE"
+    assert payload["match"] == {"bundle_uuid": bundle_uuid, "bundle_version": version}
+    assert payload["attachments"] == {"title": "The abc project"}
+    assert payload["jmespath_query"] == SHORT_NAME_QUERY
+    assert payload["dss_api"] == f"http://{dss.config.host}:{dss.config.port}"
+    # The URL in the payload leads back to the bundle.
+    bundle = requests.get(payload["bundle_url"], timeout=30)
+    assert bundle.status_code == 200 and bundle.json()["bundle"]["version"] == version
+    quiet_for(receiver, 1)
+
+
+def test_elasticsearch_subscribers_are_notified_through_percolation(dss: DSSServer, receiver: Receiver) -> None:
+    sub_id = subscribe(dss, {"callback_url": receiver.url("/es"), "es_query": ES_QUERY, "hmac_secret_key": SECRET,
+                             "hmac_key_id": "es-key"})
+    project_bundle(dss, "xyz")  # does not match
+    bundle_uuid, version = project_bundle(dss, "abc")
+    settle(dss)
+    (request,) = receiver.wait_for(1, timeout=15)
+    verify_signature(request, "es-key")
+    payload = json.loads(request.body)
+    assert payload == {"transaction_id": payload["transaction_id"], "subscription_id": sub_id, "es_query": ES_QUERY,
+                       "match": {"bundle_uuid": bundle_uuid, "bundle_version": version}, "event_type": "CREATE"}
+    quiet_for(receiver, 1)
+
+
+def test_each_replica_notifies_its_own_subscribers(dss: DSSServer, receiver: Receiver) -> None:
+    subscribe(dss, {"callback_url": receiver.url("/aws")}, replica="aws")
+    subscribe(dss, {"callback_url": receiver.url("/gcp")}, replica="gcp")
+    bundle_uuid, version = project_bundle(dss, "abc")  # written to aws, synced to gcp
+    settle(dss)
+    received = receiver.wait_for(2, timeout=20)
+    by_path = {r.path: json.loads(r.body) for r in received}
+    assert set(by_path) == {"/aws", "/gcp"}
+    assert by_path["/gcp"]["bundle_url"].endswith(f"/v1/bundles/{bundle_uuid}?version={version}&replica=gcp")
+    quiet_for(receiver, 2)
+
+
+def test_an_unversioned_tombstone_notifies_once_per_live_version(dss: DSSServer, receiver: Receiver) -> None:
+    sub_id = subscribe(dss, {"callback_url": receiver.url(), "hmac_secret_key": SECRET,
+                             "attachments": {"u": {"type": "jmespath", "expression": "uuid"}}})
+    bundle_uuid, first = project_bundle(dss, "abc")
+    _, second = project_bundle(dss, "abc", bundle_uuid)
+    settle(dss)
+    receiver.wait_for(2, timeout=15)
+    deleted = requests.delete(f"{dss.url}/v1/bundles/{bundle_uuid}", params={"replica": "aws"},
+                              json={"reason": "withdrawn"}, headers=dss.auth(ADMIN), timeout=30)
+    assert deleted.status_code == 200, deleted.text
+    settle(dss)
+    received = receiver.wait_for(4, timeout=15)
+    for request in received:
+        verify_signature(request, f"hca-dss:{sub_id}")
+    tombstones = [p for p in payloads(received) if p["event_type"] == "TOMBSTONE"]
+    assert sorted(p["match"]["bundle_version"] for p in tombstones) == sorted([first, second])
+    assert all("attachments" not in p for p in tombstones)  # attachments are for CREATE only
+    quiet_for(receiver, 4)
+
+
+def test_a_failing_receiver_is_retried_and_the_log_shows_it(dss: DSSServer, receiver: Receiver) -> None:
+    sub_id = subscribe(dss, {"callback_url": receiver.url()})
+    receiver.fail(1)
+    project_bundle(dss, "abc")
+    settle(dss)
+    first, second = receiver.wait_for(2, timeout=15)
+    assert (first.answered, second.answered) == (500, 200)
+    assert json.loads(first.body) == json.loads(second.body)  # the same notification, retried
+    assert second.headers["X-dss-notify-attempt"] == "2"
+    log = requests.get(f"{dss.url}/v1/subscriptions/{sub_id}/deliveries", params={"replica": "aws"},
+                       headers=dss.auth(), timeout=30).json()["deliveries"]
+    assert [d["state"] for d in log] == ["delivered"]
+    assert [a["status_code"] for a in log[0]["attempts"]] == [500, 200]
+
+
+def test_a_deleted_subscription_is_not_notified(dss: DSSServer, receiver: Receiver) -> None:
+    sub_id = subscribe(dss, {"callback_url": receiver.url()})
+    assert requests.delete(f"{dss.url}/v1/subscriptions/{sub_id}", params={"replica": "aws"},
+                           headers=dss.auth(), timeout=30).status_code == 200
+    project_bundle(dss, "abc")
+    settle(dss)
+    quiet_for(receiver, 0)
