@@ -84,6 +84,7 @@ class Config:
     tables_url: str = ""
     search_url: str = ""
     workers: int = 2
+    processes: int = 0
     signed_url_ttl: int = 3600
     bundle_file_wait: float = 15.0
     bundle_manifest_index_limit: int = 20000
@@ -127,6 +128,7 @@ class Config:
             tables_url=env.get("DSS_TABLES_URL") or f"sqlite://{data_dir / 'tables.sqlite3'}",
             search_url=env.get("DSS_SEARCH_URL") or f"sqlite://{data_dir / 'search'}",
             workers=_int(env, "DSS_WORKERS", 2, minimum=0),
+            processes=_int(env, "DSS_API_PROCESSES", 0, minimum=0),
             signed_url_ttl=_int(env, "DSS_SIGNED_URL_TTL", 3600, minimum=1),
             bundle_file_wait=_float(env, "DSS_BUNDLE_FILE_WAIT", 15.0),
             bundle_manifest_index_limit=_int(env, "DSS_BUNDLE_MANIFEST_INDEX_LIMIT", 20000),

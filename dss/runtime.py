@@ -67,7 +67,7 @@ class Runtime:
         self.bus = SQLiteEventBus(_sqlite_path(config.queue_url), handlers=("sync", "index"))
         self.files = FileService(self.replicas, SourceResolver(self.factory, config.staging_roots), self.bus,
                                  config.data_dir / "spool")
-        self.bundles = BundleService(self.replicas, self.bus, config.bundle_file_wait)
+        self.bundles = BundleService(self.replicas, self.bus, self.files, config.bundle_file_wait)
         self.handlers: dict[str, Handler] = {
             "sync": SyncHandler(self.replicas, self.bus),
             "index": IndexHandler(self.replicas, self.search, config.bundle_manifest_index_limit, self.notifier),

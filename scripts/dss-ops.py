@@ -5,6 +5,7 @@
     .venv/bin/python scripts/dss-ops.py trust-service-account --key-file sa.json
     .venv/bin/python scripts/dss-ops.py events pending|dead
     .venv/bin/python scripts/dss-ops.py sync verify [--replica aws]
+    .venv/bin/python scripts/dss-ops.py index reindex --replica aws
 
 Settings come from the same DSS_* environment variables as the server (DSS_DATA_DIR above all).
 """
@@ -21,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dss.auth import KeyStore, mint_token  # noqa: E402
 from dss.config import Config  # noqa: E402
+from dss.logs import configure_logging  # noqa: E402
 
 logger = logging.getLogger("dss-ops")
 
@@ -71,6 +73,22 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_index(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from dss.identifiers import Replica
+    from dss.ops import reindex
+
+    runtime = _runtime()
+    replica = Replica(args.replica)
+    total = sum(1 for _ in runtime.replicas[replica].list("bundles/"))
+    with tqdm(total=total, unit="key", desc=f"reindex {replica.value}") as bar:
+        reindexed = reindex(runtime.replicas, runtime.search, replica, runtime.config.bundle_manifest_index_limit,
+                            progress=bar.update)
+    print(f"Reindexed {reindexed} bundle keys of the {replica.value} replica.")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="dss-ops.py", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -91,6 +109,11 @@ def parser() -> argparse.ArgumentParser:
     events.add_argument("--timeout", type=float, default=600)
     events.set_defaults(func=cmd_events)
 
+    index = commands.add_parser("index", help="rebuild a replica's search index from storage")
+    index.add_argument("action", choices=["reindex"])
+    index.add_argument("--replica", required=True, choices=["aws", "gcp"])
+    index.set_defaults(func=cmd_index)
+
     sync = commands.add_parser("sync", help="check that every object of a replica exists in the other")
     sync.add_argument("action", choices=["verify"])
     sync.add_argument("--replica", default="aws", choices=["aws", "gcp"])
@@ -99,7 +122,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(0)
     args = parser().parse_args(argv)
     return args.func(args)
 

@@ -14,7 +14,7 @@ from dss.auth import KeyStore, mint_token
 from dss.config import Config
 from dss.identifiers import BlobKey, ObjectKey, new_version
 from dss.storage.blobstore.local import LocalBlobStore
-from tests.infra.dss_server import base_env, free_port
+from tests.infra.dss_server import base_env, free_port, kill_group
 from tests.infra.helpers import new_uuid, stage_local
 
 
@@ -69,8 +69,7 @@ def test_sigkill_during_writes(tmp_path, staging, dss_process_factory):
     deadline = time.time() + 60
     while len(acked) < 40 and time.time() < deadline and writer.is_alive():
         time.sleep(0.01)
-    server.kill()
-    server.wait()
+    kill_group(server)
     stop.set()
     writer.join(30)
     assert len(acked) >= 40

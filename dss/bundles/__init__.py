@@ -16,6 +16,7 @@ from typing import Any
 from dss.errors import BundleConflict, DuplicateFilename, FileMissing, NotFound, TombstoneConflict
 from dss.events import Event
 from dss.events.bus import EventBus
+from dss.files import FileService
 from dss.identifiers import (
     BundleFQID,
     BundleTombstoneID,
@@ -25,7 +26,7 @@ from dss.identifiers import (
     normalise_uuid,
     validate_version,
 )
-from dss.storage.blobstore import BlobAlreadyExists, BlobNotFound, BlobStore
+from dss.storage.blobstore import BlobAlreadyExists, BlobStore
 from dss.storage.replicas import ImmutableCache, Replicas
 
 __all__ = ["BundleService", "BundleFile", "Manifest", "EnumerationPage"]
@@ -58,10 +59,11 @@ class EnumerationPage:
 
 
 class BundleService:
-    def __init__(self, replicas: Replicas, bus: EventBus, file_wait: float,
+    def __init__(self, replicas: Replicas, bus: EventBus, files: FileService, file_wait: float,
                  cache: ImmutableCache | None = None) -> None:
         self.replicas = replicas
         self.bus = bus
+        self.files = files
         self.file_wait = file_wait
         self.cache = cache or ImmutableCache()
         self._pool = ThreadPoolExecutor(_LOOKUP_THREADS, thread_name_prefix="dss-bundle-files")
@@ -97,7 +99,7 @@ class BundleService:
         entries = [BundleFile.from_request(f) for f in files]
         _check_names(entries)
         store = self.replicas[replica]
-        manifest = {"format": BUNDLE_FORMAT, "version": version, "files": self._resolve(store, entries),
+        manifest = {"format": BUNDLE_FORMAT, "version": version, "files": self._resolve(replica, entries),
                     "creator_uid": creator_uid}
         created = self._write_once(store, str(BundleFQID(uuid, version)), manifest, BundleConflict)
         self.bus.publish(Event(replica.value, str(BundleFQID(uuid, version))))
@@ -113,7 +115,7 @@ class BundleService:
         added = [BundleFile.from_request(f) for f in add or ()]
         _check_names([BundleFile(f["name"], f["uuid"], f["version"], f["indexed"]) for f in kept] + added)
         new = new_version()
-        manifest = {**base, "version": new, "files": kept + self._resolve(store, added)}
+        manifest = {**base, "version": new, "files": kept + self._resolve(replica, added)}
         self._write_once(store, str(BundleFQID(uuid, new)), manifest, BundleConflict)
         self.bus.publish(Event(replica.value, str(BundleFQID(uuid, new))))
         return new
@@ -140,28 +142,22 @@ class BundleService:
                 raise conflict(f"{key} already exists with different content") from None
             return False
 
-    def _resolve(self, store: BlobStore, entries: Sequence[BundleFile]) -> list[dict]:
+    def _resolve(self, replica: Replica, entries: Sequence[BundleFile]) -> list[dict]:
         """Manifest entries for `entries`, waiting a bounded time for files still being written."""
         deadline = time.monotonic() + self.file_wait
-        found: dict[int, dict] = {}
+        found: dict[tuple[str, str], dict] = {}
+        wanted = list(dict.fromkeys((e.uuid, e.version) for e in entries))  # each file once
         while True:
-            missing = [i for i in range(len(entries)) if i not in found]
-            results = self._pool.map(lambda i: (i, _file_metadata(store, entries[i])), missing)
-            found.update((i, meta) for i, meta in results if meta is not None)
-            if len(found) == len(entries):
+            missing = [fqid for fqid in wanted if fqid not in found]
+            results = self._pool.map(lambda fqid: (fqid, self.files.lookup(replica, *fqid)), missing)
+            found.update((fqid, meta) for fqid, meta in results if meta is not None)
+            if len(found) == len(wanted):
                 break
             if time.monotonic() >= deadline:
-                absent = next(entries[i] for i in range(len(entries)) if i not in found)
-                raise FileMissing(f"Bundle refers to a file that does not exist: {absent.uuid}.{absent.version}")
+                uuid, version = next(fqid for fqid in wanted if fqid not in found)
+                raise FileMissing(f"Bundle refers to a file that does not exist: {uuid}.{version}")
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-        return [_manifest_entry(entries[i], found[i]) for i in range(len(entries))]
-
-
-def _file_metadata(store: BlobStore, entry: BundleFile) -> dict | None:
-    try:
-        return store.get_json(f"files/{entry.uuid}.{entry.version}")
-    except BlobNotFound:
-        return None
+        return [_manifest_entry(e, found[(e.uuid, e.version)]) for e in entries]
 
 
 def _manifest_entry(entry: BundleFile, meta: dict) -> dict:

@@ -21,7 +21,7 @@ from dss.events.bus import EventBus
 from dss.files.sources import SourceResolver, StagedSource
 from dss.identifiers import BlobKey, FileFQID, Replica, normalise_uuid, validate_version
 from dss.storage.blobstore import BlobAlreadyExists, BlobNotFound, BlobStore
-from dss.storage.replicas import Replicas
+from dss.storage.replicas import ImmutableCache, Replicas
 
 __all__ = ["FileService", "FileMetadata", "latest_version"]
 
@@ -54,22 +54,33 @@ def blob_key_of(metadata: FileMetadata) -> BlobKey:
 
 
 class FileService:
-    def __init__(self, replicas: Replicas, sources: SourceResolver, bus: EventBus, spool_dir: Path) -> None:
+    def __init__(self, replicas: Replicas, sources: SourceResolver, bus: EventBus, spool_dir: Path,
+                 cache: ImmutableCache | None = None) -> None:
         self.replicas = replicas
         self.sources = sources
         self.bus = bus
         self.spool_dir = spool_dir
+        self.cache = cache or ImmutableCache(100_000)
 
     # --- reads ------------------------------------------------------------------------------
     def metadata(self, uuid: str, replica: Replica, version: str | None = None) -> FileMetadata:
+        version = version or latest_version(self.replicas[replica], "files", uuid)
+        metadata = self.lookup(replica, uuid, version) if version else None
+        if metadata is None:
+            raise NotFound("Cannot find file!")
+        return metadata
+
+    def lookup(self, replica: Replica, uuid: str, version: str) -> FileMetadata | None:
+        """One version's metadata, or None. Cached: the object is write-once."""
         store = self.replicas[replica]
-        version = version or latest_version(store, "files", uuid)
-        if version:
+        key = str(FileFQID(uuid, version))
+
+        def load() -> FileMetadata | None:
             try:
-                return store.get_json(str(FileFQID(uuid, version)))
+                return store.get_json(key)
             except BlobNotFound:
-                pass
-        raise NotFound("Cannot find file!")
+                return None
+        return self.cache.get_or_load((store.url, key), load)
 
     def download_url(self, metadata: FileMetadata, replica: Replica, ttl: int, *, direct: bool = False,
                      content_disposition: str | None = None) -> str:
@@ -93,7 +104,9 @@ class FileService:
             self._ingest_declared(source, store, checksums)
         else:
             source, checksums = self._ingest_local(source, store)
-        created = self._write_metadata(store, file_key, self._metadata(version, creator_uid, source, checksums))
+        metadata = self._metadata(version, creator_uid, source, checksums)
+        created = self._write_metadata(store, file_key, metadata)
+        self.cache.put((store.url, file_key), metadata)
         self._announce(source.replica, checksums.blob_key, file_key)
         return PutResult(version, created)
 
@@ -152,7 +165,10 @@ class FileService:
                 pass  # a concurrent writer stored the same content-addressed bytes
 
     def _ingest_local(self, source: StagedSource, store: BlobStore) -> tuple[StagedSource, Checksums]:
-        """Spool a local file while computing its checksums, then publish the spool as the blob."""
+        """Spool a local file while computing its checksums, then publish the spool as the blob.
+
+        One read feeds the spool writer and the four digests in parallel, so the checksums are those of
+        the bytes stored, whatever happens to the source meanwhile."""
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         spool = self.spool_dir / uuidlib.uuid4().hex
         digests = ChecksumSet(source.size)

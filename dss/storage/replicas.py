@@ -39,13 +39,18 @@ class ImmutableCache:
         self._lock = threading.Lock()
 
     def get_or_load(self, key: Any, load: Callable[[], Any]) -> Any:
+        """The cached value, or `load()`'s result, which is cached unless it is None (not there yet)."""
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
         value = load()
+        if value is not None:
+            self.put(key, value)
+        return value
+
+    def put(self, key: Any, value: Any) -> None:
         with self._lock:
             self._items[key] = value
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
-        return value

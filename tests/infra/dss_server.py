@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -111,20 +112,27 @@ def dss(dss_env: dict[str, str]) -> Iterator[DSSServer]:
 
 @pytest.fixture
 def dss_process_factory(tmp_path: Path):
-    """Start `./dss-api` as a subprocess (for tests that SIGKILL it); all are killed at teardown."""
+    """Start `./dss-api` as a subprocess in its own process group (it may run several server processes;
+    `kill_group` kills them all at once, like a machine failing); all are killed at teardown."""
     processes: list[subprocess.Popen] = []
 
     def start(env: Mapping[str, str], port: int) -> subprocess.Popen:
         log = open(tmp_path / f"server-{len(processes)}.log", "wb")
         process = subprocess.Popen([sys.executable, str(REPO / "dss-api")],
                                    env={**os.environ, **env, "DSS_PORT": str(port)}, stdout=log,
-                                   stderr=subprocess.STDOUT)
+                                   stderr=subprocess.STDOUT, start_new_session=True)
         processes.append(process)
         wait_for(f"http://127.0.0.1:{port}/version", process=process)
         return process
 
     yield start
     for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        kill_group(process)
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
