@@ -5,11 +5,13 @@ Schema: `messages(id, handler, body, attempts, due, lease_until, last_error)` an
 durable. A worker leases the oldest due message (`lease_until = now + lease`), runs the handler, and
 deletes the message on success. On failure it retries with exponential backoff; after `max_attempts`
 the message moves to `dead` (inspected with `dss-ops.py events dead`). A crash mid-handler leaves the
-message leased; it becomes due again when the lease expires, so a restart resumes all pending work.
+message leased by a process that no longer exists: `release_orphans()`, called when a runtime starts,
+makes such messages due at once (otherwise they would wait for the lease to expire).
 """
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -33,7 +35,8 @@ CREATE TABLE IF NOT EXISTS messages (
     attempts INTEGER NOT NULL DEFAULT 0,
     due REAL NOT NULL,
     lease_until REAL NOT NULL DEFAULT 0,
-    last_error TEXT
+    last_error TEXT,
+    owner INTEGER
 );
 CREATE INDEX IF NOT EXISTS messages_due ON messages (due, lease_until);
 CREATE TABLE IF NOT EXISTS dead (
@@ -78,6 +81,20 @@ class EventBus:
 
     def failed(self, message: Message, error: str) -> None:
         raise NotImplementedError
+
+    def release_orphans(self) -> int:
+        """Make messages leased by processes that have died due again; returns how many."""
+        db = self._db()
+        owners = [row[0] for row in db.execute(
+            "SELECT DISTINCT owner FROM messages WHERE lease_until > ? AND owner IS NOT NULL", (time.time(),))]
+        released = 0
+        for owner in owners:
+            if not _alive(owner):
+                released += db.execute("UPDATE messages SET lease_until = 0 WHERE owner = ? AND lease_until > ?",
+                                       (owner, time.time())).rowcount
+        if released:
+            logger.info("Released %d events leased by processes that no longer run", released)
+        return released
 
     def next_due(self) -> float | None:
         raise NotImplementedError
@@ -124,9 +141,9 @@ class SQLiteEventBus(EventBus):
     def lease(self) -> Message | None:
         now = time.time()
         row = self._db().execute(
-            "UPDATE messages SET lease_until = ?, attempts = attempts + 1 WHERE id = ("
+            "UPDATE messages SET lease_until = ?, attempts = attempts + 1, owner = ? WHERE id = ("
             " SELECT id FROM messages WHERE due <= ? AND lease_until <= ? ORDER BY id LIMIT 1)"
-            " RETURNING id, handler, body, attempts", (now + self.policy.lease, now, now)).fetchone()
+            " RETURNING id, handler, body, attempts", (now + self.policy.lease, os.getpid(), now, now)).fetchone()
         if row is None:
             return None
         return Message(row[0], row[1], Event.from_json(row[2]), row[3])
@@ -150,6 +167,20 @@ class SQLiteEventBus(EventBus):
         db.execute("UPDATE messages SET due = ?, lease_until = 0, last_error = ? WHERE id = ?",
                    (due, error, message.id))
 
+    def release_orphans(self) -> int:
+        """Make messages leased by processes that have died due again; returns how many."""
+        db = self._db()
+        owners = [row[0] for row in db.execute(
+            "SELECT DISTINCT owner FROM messages WHERE lease_until > ? AND owner IS NOT NULL", (time.time(),))]
+        released = 0
+        for owner in owners:
+            if not _alive(owner):
+                released += db.execute("UPDATE messages SET lease_until = 0 WHERE owner = ? AND lease_until > ?",
+                                       (owner, time.time())).rowcount
+        if released:
+            logger.info("Released %d events leased by processes that no longer run", released)
+        return released
+
     def next_due(self) -> float | None:
         row = self._db().execute("SELECT MIN(MAX(due, lease_until)) FROM messages").fetchone()
         return row[0]
@@ -170,6 +201,16 @@ class SQLiteEventBus(EventBus):
             self._wakeup.notify_all()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class EventWorkers:
     """Threads that lease messages and run the named handler; stop() returns promptly."""
 
@@ -182,6 +223,7 @@ class EventWorkers:
 
     def start(self) -> None:
         self._stop.clear()
+        self.bus.release_orphans()
         for n in range(self.count):
             thread = threading.Thread(target=self._run, name=f"dss-events-{n}", daemon=True)
             thread.start()
