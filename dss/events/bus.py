@@ -83,18 +83,7 @@ class EventBus:
         raise NotImplementedError
 
     def release_orphans(self) -> int:
-        """Make messages leased by processes that have died due again; returns how many."""
-        db = self._db()
-        owners = [row[0] for row in db.execute(
-            "SELECT DISTINCT owner FROM messages WHERE lease_until > ? AND owner IS NOT NULL", (time.time(),))]
-        released = 0
-        for owner in owners:
-            if not _alive(owner):
-                released += db.execute("UPDATE messages SET lease_until = 0 WHERE owner = ? AND lease_until > ?",
-                                       (owner, time.time())).rowcount
-        if released:
-            logger.info("Released %d events leased by processes that no longer run", released)
-        return released
+        raise NotImplementedError
 
     def next_due(self) -> float | None:
         raise NotImplementedError

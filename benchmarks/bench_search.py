@@ -1,0 +1,286 @@
+#!/usr/bin/env python
+"""Benchmark of the embedded search engine: indexing, search latency, percolation.
+
+Each figure is printed with its target and with a baseline measured in the same run on the same
+documents, so that the numbers can be read on any machine:
+
+* indexing: bundles per second through `index_many` (batches of 100, the bulk path) and through
+  `index` (one bundle per call, the path of the event handler); baseline: storing the same documents
+  as plain JSON rows in SQLite without any index;
+* search: p50 and p99 latency of term, bool (README-style) and range queries, 100 hits per page, over
+  the whole corpus; baseline: a plain SQLite primary-key lookup of one document;
+* percolation: one new bundle against every subscription; baseline: evaluating every subscription's
+  compiled predicate on the bundle, without the anchor pre-filter.
+
+Targets are goals, not assertions: the script exits non-zero only if something crashes.
+
+    .venv/bin/python benchmarks/bench_search.py            # 100,000 bundles, 10,000 subscriptions
+    .venv/bin/python benchmarks/bench_search.py --quick    # 5,000 bundles, 2,000 subscriptions
+    .venv/bin/python benchmarks/bench_search.py --dir /tmp/bench   # keep (and reuse) the index
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import random
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dss.index import open_search_index  # noqa: E402
+from dss.index.embedded import EmbeddedSearchIndex  # noqa: E402
+from dss.index.mapping import FieldMap, analyse  # noqa: E402
+from dss.index.matcher import compile_predicate  # noqa: E402
+from dss.index.query import QueryParser  # noqa: E402
+from tests.fixtures.hca_corpus import ORGANS, generate_documents  # noqa: E402
+
+REPLICA = "aws"
+BATCH = 100
+ORGAN = "files.specimen_from_organism_json.organ.text"
+AGE = "files.donor_organism_json.age_in_years"
+SUBMITTED = "files.donor_organism_json.provenance.submission_date"
+
+
+class Table:
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, ...]] = []
+
+    def add(self, figure: str, value: float, unit: str, target: str, ok: bool | None, baseline: str,
+            ratio: float | None) -> None:
+        verdict = "-" if ok is None else "yes" if ok else "NO"
+        ratio_text = "-" if ratio is None else f"{ratio:,.2f}x"
+        self.rows.append((figure, f"{value:,.1f} {unit}", target, verdict, baseline, ratio_text))
+        print(" | ".join(self.rows[-1]), flush=True)
+
+    def print(self) -> None:
+        header = ("figure", "measured", "target", "met", "baseline (same run)", "ratio to baseline")
+        widths = [max(len(row[i]) for row in [header, *self.rows]) for i in range(len(header))]
+        print()
+        for row in [header, tuple("-" * width for width in widths), *self.rows]:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+def timed(call: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+# ------------------------------------------------------------------------------------------ indexing
+
+def chunks(docs: Iterator[tuple[str, dict[str, Any]]], size: int) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    while chunk := list(itertools.islice(docs, size)):
+        yield chunk
+
+
+def index_corpus(index: EmbeddedSearchIndex, count: int, singles: int) -> tuple[float, float, float]:
+    """Index `count` bundles; returns (bulk docs/s, single docs/s, plain-JSON baseline docs/s)."""
+    bulk_time = single_time = baseline_time = 0.0
+    bulk_count = single_count = 0
+    baseline = _PlainStore()
+    docs = generate_documents(count, seed=42)
+    for number, chunk in enumerate(chunks(docs, BATCH)):
+        baseline_time += timed(lambda chunk=chunk: baseline.store(chunk))
+        if single_count < singles and number % 5 == 4:
+            single_time += timed(lambda chunk=chunk: [index.index(REPLICA, i, d) for i, d in chunk])
+            single_count += len(chunk)
+        else:
+            bulk_time += timed(lambda chunk=chunk: index.index_many(REPLICA, chunk))
+            bulk_count += len(chunk)
+        done = bulk_count + single_count
+        if done % 10000 == 0:
+            print(f"  … {done:,} bundles indexed ({done / (bulk_time + single_time):,.0f}/s)", flush=True)
+    bulk_time += timed(lambda: index.refresh(REPLICA))
+    baseline.close()
+    return bulk_count / bulk_time, single_count / max(single_time, 1e-9), count / baseline_time
+
+
+class _PlainStore:
+    """The baseline: the same documents as JSON rows in SQLite, keyed by id, nothing indexed."""
+
+    def __init__(self) -> None:
+        self.directory = tempfile.TemporaryDirectory()
+        self.conn = sqlite3.connect(f"{self.directory.name}/plain.sqlite3", isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute("PRAGMA synchronous = NORMAL")
+        self.conn.execute("CREATE TABLE docs (doc_id TEXT PRIMARY KEY, source TEXT NOT NULL)")
+
+    def store(self, chunk: list[tuple[str, dict[str, Any]]]) -> None:
+        self.conn.execute("BEGIN")
+        self.conn.executemany("INSERT OR REPLACE INTO docs VALUES (?, ?)",
+                              [(doc_id, json.dumps(doc)) for doc_id, doc in chunk])
+        self.conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self.conn.close()
+        self.directory.cleanup()
+
+
+# -------------------------------------------------------------------------------------------- search
+
+def search_queries(rng: random.Random) -> dict[str, Callable[[], dict[str, Any]]]:
+    organs = list(ORGANS)
+
+    def term() -> dict[str, Any]:
+        return {"query": {"term": {ORGAN: rng.choice(organs)}}}
+
+    def boolean() -> dict[str, Any]:
+        return {"query": {"bool": {"must": [
+            {"match": {"files.donor_organism_json.medical_history.smoking_history": rng.choice(("yes", "no"))}},
+            {"match": {ORGAN: rng.choice(organs)}},
+            {"match": {"files.donor_organism_json.biomaterial_core.ncbi_taxon_id": 9606}}]}}}
+
+    def range_() -> dict[str, Any]:
+        if rng.random() < 0.5:
+            low = rng.randint(0, 80)
+            return {"query": {"range": {AGE: {"gte": low, "lt": low + 10}}}}
+        year = rng.randint(2016, 2020)
+        return {"query": {"range": {SUBMITTED: {"gte": f"{year}-01-01", "lte": f"{year}-03-31"}}}}
+
+    return {"term": term, "bool": boolean, "range": range_}
+
+
+def measure_searches(index: EmbeddedSearchIndex, directory: Path, rounds: int, table: Table) -> None:
+    rng = random.Random(5)
+    baseline = _primary_key_latency(directory, rounds)
+    for name, make in search_queries(rng).items():
+        for _ in range(3):  # warm up
+            index.search(REPLICA, make(), size=100, source=False)
+        samples = []
+        for _ in range(rounds):
+            query = make()
+            samples.append(timed(lambda query=query: index.search(REPLICA, query, size=100, source=False)) * 1000)
+        p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
+        table.add(f"search {name} p50", p50, "ms", "<= 20 ms", p50 <= 20,
+                  f"SQLite primary-key lookup p50 {baseline:.3f} ms", p50 / baseline)
+        table.add(f"search {name} p99", p99, "ms", "-", None, "", None)
+
+
+def _primary_key_latency(directory: Path, rounds: int) -> float:
+    conn = sqlite3.connect(str(directory / f"{REPLICA}.sqlite3"))
+    ids = [row[0] for row in conn.execute("SELECT doc_id FROM docs ORDER BY random() LIMIT ?", (rounds,))]
+    samples = [timed(lambda doc_id=doc_id: conn.execute("SELECT source FROM docs WHERE doc_id = ?",
+                                                        (doc_id,)).fetchone()) * 1000 for doc_id in ids]
+    conn.close()
+    return percentile(samples, 0.5)
+
+
+# --------------------------------------------------------------------------------------- percolation
+
+def subscription_queries(count: int, rng: random.Random) -> Iterator[dict[str, Any]]:
+    organs = list(ORGANS)
+    shapes: list[Callable[[], dict[str, Any]]] = [
+        lambda: {"bool": {"must": [{"term": {ORGAN: rng.choice(organs)}},
+                                   {"range": {AGE: {"gte": rng.randint(0, 80)}}}]}},
+        lambda: {"match": {"files.donor_organism_json.genus_species.text": rng.choice(("Homo sapiens",
+                                                                                      "Mus musculus"))}},
+        lambda: {"bool": {"must": [{"exists": {"field": "files.donor_organism_json.medical_history"}},
+                                   {"term": {"files.donor_organism_json.sex": rng.choice(("female", "male"))}}]}},
+        lambda: {"query_string": {"query": f"{ORGAN}:{rng.choice(organs).split()[0]} AND "
+                                           f"files.library_preparation_protocol_json.end_bias:\"3 prime tag\""}},
+        lambda: {"range": {"files.cell_suspension_json.total_estimated_cells": {"gte": rng.choice((1000, 50000))}}},
+        lambda: {"term": {"files.project_json.project_core.project_short_name": f"liveratlas{rng.randint(0, 11)}"}},
+    ]
+    for number in range(count):
+        yield {"query": shapes[number % len(shapes)]()}
+
+
+def measure_percolation(index: EmbeddedSearchIndex, count: int, probes: int, table: Table) -> None:
+    rng = random.Random(9)
+    queries = list(subscription_queries(count, rng))
+    started = time.perf_counter()
+    for number, query in enumerate(queries):
+        index.add_subscription_query(REPLICA, f"sub-{number}", query)
+    print(f"  … {count:,} subscriptions stored in {time.perf_counter() - started:.1f} s", flush=True)
+    new_docs = [doc for _, doc in generate_documents(probes, seed=4242)]
+    index.percolate(REPLICA, new_docs[0])  # loads and compiles the subscriptions
+    samples = [timed(lambda doc=doc: index.percolate(REPLICA, doc)) * 1000 for doc in new_docs]
+    brute = _brute_force_percolation(queries, new_docs)
+    p50 = percentile(samples, 0.5)
+    table.add(f"percolate 1 bundle vs {count:,} subs p50", p50, "ms", "<= 50 ms", p50 <= 50,
+              f"every predicate, no pre-filter: {brute:.1f} ms", p50 / brute)
+    table.add(f"percolate 1 bundle vs {count:,} subs p99", percentile(samples, 0.99), "ms", "-", None, "", None)
+
+
+def _brute_force_percolation(queries: list[dict[str, Any]], docs: list[dict[str, Any]]) -> float:
+    fields = FieldMap()
+    for doc in docs:
+        for name, field_type in analyse(doc, fields).new_types.items():
+            fields.add(name, field_type)
+    predicates = [compile_predicate(QueryParser(fields).parse(query["query"])) for query in queries]
+    samples = []
+    for doc in docs:
+        started = time.perf_counter()
+        analysed = analyse(doc, fields)
+        sum(1 for predicate in predicates if predicate(analysed))
+        samples.append((time.perf_counter() - started) * 1000)
+    return percentile(samples, 0.5)
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="5,000 bundles and 2,000 subscriptions")
+    parser.add_argument("--bundles", type=int, help="bundles to index (default 100,000)")
+    parser.add_argument("--subscriptions", type=int, help="subscriptions to percolate against (default 10,000)")
+    parser.add_argument("--searches", type=int, default=200, help="searches per query kind (default 200)")
+    parser.add_argument("--singles", type=int, default=2000, help="bundles indexed one per call (default 2,000)")
+    parser.add_argument("--dir", type=Path, help="keep the index here; an existing one of the right size is reused")
+    args = parser.parse_args(argv)
+    bundles = args.bundles or (5000 if args.quick else 100_000)
+    subscriptions = args.subscriptions or (2000 if args.quick else 10_000)
+    logging.basicConfig(level=logging.ERROR)  # the corpus has deliberately broken files; keep output clean
+
+    with tempfile.TemporaryDirectory() as scratch:
+        directory = args.dir or Path(scratch)
+        table = Table()
+        index = open_search_index(f"sqlite://{directory}", cache_mib=256)
+        assert isinstance(index, EmbeddedSearchIndex)
+        try:
+            existing = index.search(REPLICA, {"query": {"match_all": {}}}, size=0).total
+            if existing == bundles:
+                print(f"reusing the {bundles:,} bundles indexed in {directory}")
+            else:
+                if existing:
+                    raise SystemExit(f"{directory} holds {existing:,} bundles, not {bundles:,}: use another --dir")
+                print(f"indexing {bundles:,} generated bundles …", flush=True)
+                bulk, single, plain = index_corpus(index, bundles, min(args.singles, bundles // 5))
+                table.add(f"index_many({BATCH}) throughput", bulk, "bundles/s", ">= 500/s", bulk >= 500,
+                          f"plain JSON rows in SQLite: {plain:,.0f}/s", bulk / plain)
+                table.add("index() one bundle per call", single, "bundles/s", ">= 500/s", single >= 500,
+                          f"plain JSON rows in SQLite: {plain:,.0f}/s", single / plain)
+            print(f"searching {bundles:,} bundles …", flush=True)
+            measure_searches(index, directory, args.searches, table)
+            print(f"percolating against {subscriptions:,} subscriptions …", flush=True)
+            measure_percolation(index, subscriptions, 50, table)
+        finally:
+            if args.dir is None:
+                index.close()
+            else:
+                _drop_subscriptions(index, subscriptions)
+                index.close()
+        table.print()
+    return 0
+
+
+def _drop_subscriptions(index: EmbeddedSearchIndex, count: int) -> None:
+    for number in range(count):
+        index.remove_subscription_query(REPLICA, f"sub-{number}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

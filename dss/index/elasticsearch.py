@@ -1,0 +1,306 @@
+"""The SearchIndex port over Elasticsearch 7.10 (or a compatible OpenSearch), with the official client.
+
+Per replica there is one index, `dss-<stage>-<replica>-docs`, behind the alias
+`dss-<stage>-<replica>-docs-alias` that searches use. It holds the bundle documents and, as in the
+original service, the subscription queries in a `percolator` field named `query` (documents with id
+`subscription-<id>` and no `uuid`; searches filter on `uuid` to leave them out). The mapping is the
+original's: strings become keywords with a lower-casing normaliser, ignore_above 256 and an analysed
+`.text` sub-field; date detection is on; `uuid` and `manifest.version` are raw keywords. Malformed
+values are ignored (as the embedded engine does) rather than failing the whole document.
+
+Elasticsearch parses a percolator query against the mapping of the moment it is stored (an unmapped
+field is taken for a text field). So when a document brings new fields, every stored subscription query
+is stored again, as the original did (its workaround for elastic/elasticsearch#5750).
+
+Errors from the client are translated here: a 400 is an InvalidQuery (or DocumentRejected when
+indexing), connection problems, timeouts, 429 and 5xx are SearchUnavailable; the original error is
+kept as `__cause__`.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+from dss.index.backend import (
+    FORCED_SORT,
+    DocumentRejected,
+    Hit,
+    InvalidQuery,
+    SearchIndex,
+    SearchIndexError,
+    SearchPage,
+    SearchUnavailable,
+    check_replica,
+)
+
+__all__ = ["ElasticsearchSearchIndex", "index_settings", "index_mappings", "SUBSCRIPTION_PREFIX"]
+
+logger = logging.getLogger(__name__)
+
+SUBSCRIPTION_PREFIX = "subscription-"
+_NORMALIZER = "dss_lowercase"
+_TRANSIENT_STATUSES = {429, 502, 503, 504}
+
+
+def index_settings() -> dict[str, Any]:
+    return {
+        "index": {
+            "mapping": {"total_fields": {"limit": 10000}, "ignore_malformed": True},
+            "percolator": {"map_unmapped_fields_as_string": True},
+        },
+        "analysis": {"normalizer": {_NORMALIZER: {"type": "custom", "filter": ["lowercase"]}}},
+    }
+
+
+def index_mappings() -> dict[str, Any]:
+    return {
+        "date_detection": True,
+        "dynamic_templates": [{
+            "strings_as_keywords": {
+                "match_mapping_type": "string",
+                "mapping": {"type": "keyword", "normalizer": _NORMALIZER, "ignore_above": 256,
+                            "fields": {"text": {"type": "text"}}},
+            },
+        }],
+        "properties": {
+            "uuid": {"type": "keyword"},
+            "manifest": {"properties": {"version": {"type": "keyword"}}},
+            "query": {"type": "percolator"},
+        },
+    }
+
+
+def _reason(error: Any) -> str:
+    info = getattr(error, "info", None)
+    if isinstance(info, Mapping) and isinstance(info.get("error"), Mapping):
+        details = info["error"]
+        causes = details.get("root_cause") or [details]
+        cause = causes[0] if isinstance(causes[0], Mapping) else details
+        reason = cause.get("reason") or details.get("reason")
+        return f"{cause.get('type', details.get('type', 'error'))}: {reason}"
+    return str(getattr(error, "error", None) or error)
+
+
+@contextlib.contextmanager
+def _translated(rejected: type[SearchIndexError] = InvalidQuery) -> Iterator[None]:
+    from elasticsearch import exceptions as es
+
+    try:
+        yield
+    except es.RequestError as error:
+        raise rejected(_reason(error)) from error
+    except es.ConnectionError as error:  # includes timeouts
+        raise SearchUnavailable(f"Elasticsearch is unreachable: {error}") from error
+    except es.TransportError as error:
+        status = error.status_code if isinstance(error.status_code, int) else 0
+        if status in _TRANSIENT_STATUSES or status >= 500:
+            raise SearchUnavailable(f"Elasticsearch answered {status}: {_reason(error)}") from error
+        raise SearchIndexError(f"Elasticsearch answered {status}: {_reason(error)}") from error
+    except (es.ElasticsearchException, es.ImproperlyConfigured) as error:
+        raise SearchIndexError(f"Elasticsearch client error: {error}") from error
+
+
+def _paths(value: Any, prefix: str = "") -> Iterator[str]:
+    """The dotted paths dynamic mapping would add for a document (nulls and empty arrays map nothing)."""
+    if isinstance(value, Mapping):
+        for key, child in value.items():
+            if child is None or child == []:
+                continue
+            path = f"{prefix}{key}"
+            if not isinstance(child, list) or any(item is not None for item in child):
+                yield path
+            yield from _paths(child, path + ".")
+    elif isinstance(value, list):
+        for item in value:
+            yield from _paths(item, prefix)
+
+
+def _mapped_paths(properties: Mapping[str, Any], prefix: str = "") -> Iterator[str]:
+    for name, spec in properties.items():
+        path = f"{prefix}{name}"
+        yield path
+        yield from _mapped_paths(spec.get("properties", {}), path + ".")
+
+
+class ElasticsearchSearchIndex(SearchIndex):
+    """`client` is an `elasticsearch.Elasticsearch`; one instance serves every replica of `stage`."""
+
+    def __init__(self, client: Any, *, stage: str = "local", refresh_writes: bool = False) -> None:
+        self._client = client
+        self._stage = stage
+        self._refresh = "true" if refresh_writes else "false"
+        self._ready: set[str] = set()
+        self._known_paths: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str, *, stage: str = "local", client: Any = None, timeout: float = 30.0,
+                 verify_product: bool = False, refresh_writes: bool = False,
+                 **client_options: Any) -> ElasticsearchSearchIndex:
+        if client is None:
+            from elasticsearch import Elasticsearch
+
+            client = Elasticsearch([url], timeout=timeout, retry_on_timeout=True, max_retries=3, **client_options)
+            if not verify_product:
+                # Client 7.14+ refuses servers that do not call themselves Elasticsearch; AWS-managed
+                # 7.10 domains and OpenSearch in compatibility mode speak the same API but fail that check.
+                client.transport._verified_elasticsearch = True
+        return cls(client, stage=stage, refresh_writes=refresh_writes)
+
+    # ------------------------------------------------------------------------------ index names
+
+    def index_name(self, replica: str) -> str:
+        return f"dss-{self._stage}-{check_replica(replica)}-docs"
+
+    def alias_name(self, replica: str) -> str:
+        return self.index_name(replica) + "-alias"
+
+    def _index(self, replica: str) -> str:
+        name = self.index_name(replica)
+        if replica not in self._ready:
+            with self._lock, _translated(SearchIndexError):
+                if replica not in self._ready:
+                    self._create(name, self.alias_name(replica))
+                    self._known_paths[replica] = self._load_paths(name)
+                    self._ready.add(replica)
+        return name
+
+    def _create(self, name: str, alias: str) -> None:
+        from elasticsearch import exceptions as es
+
+        if self._client.indices.exists(index=name):
+            return
+        body = {"settings": index_settings(), "mappings": index_mappings(), "aliases": {alias: {}}}
+        try:
+            self._client.indices.create(index=name, body=body)
+        except es.RequestError as error:
+            if error.error != "resource_already_exists_exception":  # else another process was first
+                raise
+
+    def _load_paths(self, name: str) -> set[str]:
+        mappings = self._client.indices.get_mapping(index=name)
+        paths: set[str] = set()
+        for index_mapping in mappings.values():
+            paths.update(_mapped_paths(index_mapping.get("mappings", {}).get("properties", {})))
+        return paths
+
+    # ------------------------------------------------------------------------------- documents
+
+    def index(self, replica: str, doc_id: str, doc: Mapping[str, Any]) -> None:
+        name = self._index(replica)
+        with _translated(DocumentRejected):
+            self._client.index(index=name, id=doc_id, body=doc, refresh=self._refresh)
+        self._after_write(replica, [doc])
+
+    def index_many(self, replica: str, docs: Iterable[tuple[str, Mapping[str, Any]]]) -> int:
+        from elasticsearch import helpers
+
+        name = self._index(replica)
+        batch = list(docs)
+        actions = [{"_index": name, "_id": doc_id, "_source": doc} for doc_id, doc in batch]
+        with _translated(DocumentRejected):
+            _, errors = helpers.bulk(self._client, actions, raise_on_error=False, refresh=self._refresh)
+        failures: list[Any] = errors if isinstance(errors, list) else []
+        if failures:
+            failed = [next(iter(item.values())).get("_id") for item in failures]
+            raise DocumentRejected(f"Elasticsearch rejected {len(failures)} documents: {failed[:10]}")
+        self._after_write(replica, [doc for _, doc in batch])
+        return len(batch)
+
+    def _after_write(self, replica: str, docs: Sequence[Mapping[str, Any]]) -> None:
+        known = self._known_paths[replica]
+        if all(path in known for doc in docs for path in _paths(doc)):
+            return
+        name = self.index_name(replica)
+        with _translated(SearchIndexError):
+            self._known_paths[replica] = self._load_paths(name)
+            self._restore_subscriptions(name)
+
+    def _restore_subscriptions(self, name: str) -> None:
+        """Store every subscription query again, so that it is parsed against the grown mapping."""
+        from elasticsearch import helpers
+
+        stored = helpers.scan(self._client, index=name, _source=True,
+                              query={"query": {"bool": {"must_not": {"exists": {"field": "uuid"}}}}})
+        actions = [{"_index": name, "_id": hit["_id"], "_source": hit["_source"]} for hit in stored]
+        if actions:
+            helpers.bulk(self._client, actions, refresh="true")
+            logger.info("Re-stored %d subscription queries of %s after its mapping grew", len(actions), name)
+
+    def get(self, replica: str, doc_id: str) -> dict[str, Any] | None:
+        name = self._index(replica)
+        with _translated(SearchIndexError):
+            found = self._client.get(index=name, id=doc_id, ignore=404)
+        if not found.get("found") or doc_id.startswith(SUBSCRIPTION_PREFIX):
+            return None
+        return found["_source"]
+
+    def refresh(self, replica: str) -> None:
+        name = self._index(replica)
+        with _translated(SearchIndexError):
+            self._client.indices.refresh(index=name)
+
+    # ---------------------------------------------------------------------------------- search
+
+    def search(self, replica: str, es_query: Mapping[str, Any], *, size: int,
+               search_after: Sequence[Any] | None = None, source: bool = True) -> SearchPage:
+        if not isinstance(es_query, Mapping):
+            raise InvalidQuery("the search body must be a JSON object")
+        self._index(replica)
+        body = {key: value for key, value in es_query.items() if key not in ("size", "sort", "search_after")}
+        body["query"] = {"bool": {"must": [es_query["query"] if "query" in es_query else {"match_all": {}}],
+                                  "filter": [{"exists": {"field": "uuid"}}]}}  # leaves subscriptions out
+        body["sort"] = [dict(clause) for clause in FORCED_SORT]
+        if not source:
+            body["_source"] = False
+        if search_after is not None:
+            body["search_after"] = list(search_after)
+        with _translated():
+            response = self._client.search(index=self.alias_name(replica), body=body, size=size,
+                                           track_total_hits="true")
+        hits = response["hits"]
+        total = hits["total"]["value"] if isinstance(hits["total"], Mapping) else hits["total"]
+        return SearchPage(total=total, hits=[
+            Hit(id=hit["_id"], score=hit.get("_score"), sort=list(hit.get("sort", [])),
+                source=hit.get("_source") if source else None) for hit in hits["hits"]])
+
+    # --------------------------------------------------------------------------- subscriptions
+
+    def add_subscription_query(self, replica: str, sub_id: str, es_query: Mapping[str, Any]) -> None:
+        if not isinstance(es_query, Mapping) or set(es_query) != {"query"}:
+            raise InvalidQuery('a subscription es_query must be an object with exactly one key, "query"')
+        name = self._index(replica)
+        with _translated():
+            self._client.index(index=name, id=SUBSCRIPTION_PREFIX + sub_id, body={"query": es_query["query"]},
+                               refresh="true")
+
+    def remove_subscription_query(self, replica: str, sub_id: str) -> None:
+        name = self._index(replica)
+        with _translated(SearchIndexError):
+            self._client.delete(index=name, id=SUBSCRIPTION_PREFIX + sub_id, refresh="true", ignore=404)
+
+    def percolate(self, replica: str, doc: Mapping[str, Any]) -> list[str]:
+        from elasticsearch import helpers
+
+        name = self._index(replica)
+        query = {"query": {"percolate": {"field": "query", "document": doc}}}
+        with _translated(SearchIndexError):
+            hits = list(helpers.scan(self._client, index=name, query=query, _source=False))
+        return sorted(hit["_id"][len(SUBSCRIPTION_PREFIX):] for hit in hits
+                      if hit["_id"].startswith(SUBSCRIPTION_PREFIX))
+
+    # ----------------------------------------------------------------------------------- admin
+
+    def destroy(self) -> None:
+        """Delete the indices this instance created or used (for tests and teardown)."""
+        with _translated(SearchIndexError):
+            for replica in list(self._ready):
+                self._client.indices.delete(index=self.index_name(replica), ignore=[404])
+        self._ready.clear()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._client.close()

@@ -1,0 +1,143 @@
+"""Behaviour specific to the embedded engine: storage, updates, concurrency, URL forms."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dss.index import DocumentRejected, SearchIndex, open_search_index
+from dss.index.embedded import EmbeddedSearchIndex
+from tests.fixtures.hca_corpus import generate_bundles
+
+REPLICA = "aws"
+ORGAN = "files.specimen_from_organism_json.organ.text"
+
+
+def _ids(index: SearchIndex, query: dict[str, Any], replica: str = REPLICA) -> list[str]:
+    return [hit.id for hit in index.search(replica, {"query": query}, size=1000, source=False).hits]
+
+
+@pytest.fixture
+def documents() -> list[tuple[str, dict[str, Any]]]:
+    return [(bundle.doc_id, bundle.document()) for bundle in generate_bundles(60, seed=5)]
+
+
+def test_url_schemes(tmp_path: Path) -> None:
+    assert isinstance(open_search_index(f"sqlite://{tmp_path}/dir"), EmbeddedSearchIndex)
+    with pytest.raises(ValueError):
+        open_search_index("ftp://example.org/index")
+    with pytest.raises(ValueError):
+        open_search_index("no-scheme")
+
+
+def test_documents_survive_reopening(tmp_path: Path, documents: list[Any]) -> None:
+    with open_search_index(f"sqlite://{tmp_path}/search", merge_threshold=25) as index:
+        index.index_many(REPLICA, documents)  # some merged, some still pending
+    with open_search_index(f"sqlite://{tmp_path}/search") as index:
+        assert index.search(REPLICA, {"query": {"match_all": {}}}, size=0).total == len(documents)
+        assert len(_ids(index, {"term": {ORGAN: "brain"}})) == sum(
+            doc["files"]["specimen_from_organism_json"][0]["organ"]["text"] == "brain" for _, doc in documents)
+
+
+def test_replicas_are_separate_even_in_one_file(tmp_path: Path) -> None:
+    with open_search_index(f"sqlite://{tmp_path}/all.sqlite3") as index:
+        index.index("aws", "a.1", {"uuid": "a", "organ": "brain"})
+        index.index("gcp", "b.1", {"uuid": "b", "organ": 7})  # the same field, another type, another replica
+        assert _ids(index, {"term": {"organ": "brain"}}, "aws") == ["a.1"]
+        assert _ids(index, {"term": {"organ": 7}}, "gcp") == ["b.1"]
+        assert _ids(index, {"match_all": {}}, "gcp") == ["b.1"]
+    assert [path.name for path in tmp_path.iterdir() if path.is_dir()] == []
+    assert (tmp_path / "all.sqlite3").is_file()
+
+
+@pytest.mark.parametrize("threshold", [1, 1000])
+def test_reindexing_replaces_a_document(tmp_path: Path, threshold: int) -> None:
+    with open_search_index(f"sqlite://{tmp_path}/search", merge_threshold=threshold) as index:
+        index.index(REPLICA, "a.1", {"uuid": "a", "manifest": {"version": "1"}, "organ": "brain"})
+        index.index(REPLICA, "a.1", {"uuid": "a", "manifest": {"version": "1"}, "organ": "heart"})
+        index.index(REPLICA, "a.1", {"uuid": "a", "manifest": {"version": "1"}, "organ": "heart"})  # identical
+        assert _ids(index, {"term": {"organ": "brain"}}) == []
+        assert _ids(index, {"term": {"organ": "heart"}}) == ["a.1"]
+        index.refresh(REPLICA)
+        index.index(REPLICA, "a.1", {"uuid": "a", "email": "x@example.org", "manifest": {"version": None}})
+        assert _ids(index, {"term": {"organ": "heart"}}) == []
+        assert _ids(index, {"exists": {"field": "email"}}) == ["a.1"]
+        assert index.search(REPLICA, {"query": {"match_all": {}}}, size=0).total == 1
+
+
+def test_malformed_values_are_left_out(tmp_path: Path) -> None:
+    with open_search_index(f"sqlite://{tmp_path}/search") as index:
+        index.index(REPLICA, "a.1", {"uuid": "a", "n": 1, "o": {"x": 1}})
+        index.index(REPLICA, "b.1", {"uuid": "b", "n": "not a number", "o": "not an object", "m": 2})
+        assert _ids(index, {"exists": {"field": "n"}}) == ["a.1"]
+        assert _ids(index, {"term": {"m": 2}}) == ["b.1"]  # the rest of the document is indexed
+        with pytest.raises(DocumentRejected):
+            index.index(REPLICA, "c.1", {"uuid": "c", "bad": float("nan")})
+        with pytest.raises(DocumentRejected):
+            index.index(REPLICA, "", {"uuid": "c"})
+
+
+def test_indexing_while_searching(tmp_path: Path, documents: list[Any]) -> None:
+    index = open_search_index(f"sqlite://{tmp_path}/search", merge_threshold=8)
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def write(part: list[Any]) -> None:
+        try:
+            for doc_id, doc in part:
+                index.index(REPLICA, doc_id, doc)
+        except BaseException as error:  # noqa: BLE001 - reported by the test thread
+            errors.append(error)
+
+    def read() -> None:
+        totals = [0]
+        try:
+            while not done.is_set():
+                page = index.search(REPLICA, {"query": {"bool": {"must_not": {"term": {ORGAN: "liver"}}}}}, size=5)
+                assert len(page.hits) == min(5, page.total)
+                assert page.total >= totals[-1]  # each search sees at least what the previous one saw
+                totals.append(page.total)
+        except BaseException as error:  # noqa: BLE001
+            errors.append(error)
+
+    writers = [threading.Thread(target=write, args=(documents[n::4],)) for n in range(4)]
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    try:
+        for thread in writers + readers:
+            thread.start()
+        for thread in writers:
+            thread.join()
+        done.set()
+        for thread in readers:
+            thread.join()
+        assert not errors
+        assert index.search(REPLICA, {"query": {"match_all": {}}}, size=0).total == len(documents)
+        liver = sum(doc["files"]["specimen_from_organism_json"][0]["organ"]["text"] == "liver" for _, doc in documents)
+        assert len(_ids(index, {"term": {ORGAN: "liver"}})) == liver
+    finally:
+        index.close()
+
+
+def test_closed_index_refuses_work(tmp_path: Path) -> None:
+    index = open_search_index(f"sqlite://{tmp_path}/search")
+    index.close()
+    with pytest.raises(Exception, match="closed"):
+        index.search("aws", {"query": {"match_all": {}}}, size=1)
+
+
+def test_large_bundles_are_indexed_without_their_file_list(tmp_path: Path) -> None:
+    from dss.index import build_document
+
+    entries = [{"name": f"cell_{n}.loom", "uuid": f"f{n}", "version": "v", "content-type": "application/octet-stream",
+                "indexed": False, "size": n} for n in range(30)]
+    entries.append({"name": "project_0.json", "uuid": "p", "version": "v", "content-type": "application/json",
+                    "indexed": True, "size": 10})
+    manifest = {"version": "v1", "files": entries}
+    document = build_document("big", manifest, lambda entry: {"title": "huge atlas"}, manifest_file_limit=20)
+    with open_search_index(f"sqlite://{tmp_path}/search") as index:
+        index.index(REPLICA, "big.v1", document)
+        assert _ids(index, {"match": {"files.project_json.title.text": "atlas"}}) == ["big.v1"]
+        assert _ids(index, {"exists": {"field": "manifest.files"}}) == []
+        assert index.get(REPLICA, "big.v1")["manifest"]["files"] == []
