@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 HCA_VENV := .venv-hca
 PYTEST_ARGS ?=
 
-.PHONY: run test lint unit bench lock package deploy clean hca-client
+.PHONY: run test lint unit bench bench-quick lock clean hca-client
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,12 @@ unit: $(VENV)/.installed
 bench: $(VENV)/.installed
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/bench_search.py
+
+bench-quick: $(VENV)/.installed
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python benchmarks/run.py --quick
+	$(BIN)/python benchmarks/bench_search.py --quick
 
 # Re-pin the lock files from the .in files (run after changing a direct dependency).
 lock:

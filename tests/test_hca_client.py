@@ -68,7 +68,7 @@ def _make_tree(root: Path) -> dict[str, bytes]:
     files = {
         "sub/dir/nested.txt": b"nested file\n" * 100,
         "empty.dat": b"",
-        "metadata/donor_organism_0.json": json.dumps({"organism": "Homo sapiens", "age": 42}).encode(),
+        "donor_organism_0.json": json.dumps({"organism": "Homo sapiens", "age": 42}).encode(),
         "big.bin": os.urandom(64 * 1024 * 1024 + 1024 * 1024 + 17),  # > 64 MiB: a multipart S3 upload
     }
     for name, data in files.items():
@@ -94,8 +94,15 @@ def test_upload_and_download_round_trip(hca, tmp_path):
 
     manifest = requests.get(f"{hca.server.url}/v1/bundles/{bundle_uuid}", params={"replica": "aws"}).json()
     indexed = {f["name"]: f["indexed"] for f in manifest["bundle"]["files"]}
-    assert indexed["metadata/donor_organism_0.json"] is True and indexed["big.bin"] is False
+    assert indexed["donor_organism_0.json"] is True and indexed["big.bin"] is False
     assert time.monotonic() - started < 300
+
+    hca.server.runtime.workers.drain(timeout=60)
+    query = json.dumps({"query": {"match": {"files.donor_organism_json.organism": "homo SAPIENS"}}})
+    found = json.loads(hca("dss", "post-search", "--replica", "aws", "--es-query", query))
+    assert [r["bundle_fqid"] for r in found["results"]] == [f"{bundle_uuid}.{version}"]
+    raw = json.loads(hca("dss", "post-search", "--replica", "aws", "--es-query", query, "--output-format", "raw"))
+    assert raw["results"][0]["metadata"]["files"]["donor_organism_json"] == [{"organism": "Homo sapiens", "age": 42}]
 
 
 def test_large_bundle_through_pagination(hca):
