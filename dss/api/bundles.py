@@ -24,11 +24,11 @@ def get(runtime: Runtime, uuid: str, replica: str, version: str | None = None, d
         raise OnlyOneUrlType("Only one of directurls and presignedurls may be requested")
     manifest = runtime.bundles.get(uuid, Replica(replica), version)
     files = manifest["files"]
-    page = [_api_file(f) for f in files[start_at:start_at + per_page]]
+    entries = files[start_at:start_at + per_page]
+    page = [_api_file(f) for f in entries]
     if directurls or presignedurls:
-        for shaped in page:
-            url = runtime.files.download_url(shaped | {"s3-etag": shaped["s3_etag"]}, Replica(replica),
-                                             runtime.config.signed_url_ttl, direct=directurls)
+        for entry, shaped in zip(entries, page):
+            url = runtime.files.download_url(entry, Replica(replica), runtime.config.signed_url_ttl, direct=directurls)
             shaped["url"] = url if directurls else absolute(runtime.config, url)
     more = len(files) - start_at > per_page
     link = None
