@@ -19,7 +19,7 @@ from dss.errors import ChecksumMismatch, FileConflict, NotFound
 from dss.events import Event
 from dss.events.bus import EventBus
 from dss.files.sources import SourceResolver, StagedSource
-from dss.identifiers import BlobKey, FileFQID, Replica, normalise_uuid, validate_version
+from dss.identifiers import BlobKey, FileFQID, ObjectKey, Replica, normalise_uuid, validate_version
 from dss.storage.blobstore import BlobAlreadyExists, BlobNotFound, BlobStore
 from dss.storage.replicas import ImmutableCache, Replicas
 
@@ -37,16 +37,10 @@ class PutResult:
     created: bool
 
 
-def latest_version(store: BlobStore, kind: str, uuid: str, skip: frozenset[str] = frozenset()) -> str | None:
-    """The greatest version of `<kind>/<uuid>.*` not in `skip` (versions compare as strings)."""
-    from dss.identifiers import ObjectKey
-
-    best = None
-    for key in store.list(f"{kind}/{uuid}."):
-        parsed = ObjectKey.parse(key)
-        if parsed and parsed.version and not parsed.dead and parsed.version not in skip:
-            best = parsed.version if best is None or parsed.version > best else best
-    return best
+def latest_version(store: BlobStore, kind: str, uuid: str) -> str | None:
+    """The greatest version of `<kind>/<uuid>.*` (versions compare as strings)."""
+    keys = (ObjectKey.parse(key) for key in store.list(f"{kind}/{uuid}."))
+    return max((k.version for k in keys if k is not None and k.version and not k.dead), default=None)
 
 
 def blob_key_of(metadata: FileMetadata) -> BlobKey:
