@@ -164,8 +164,14 @@ def test_a_failing_receiver_is_retried_and_the_log_shows_it(dss: DSSServer, rece
     assert (first.answered, second.answered) == (500, 200)
     assert json.loads(first.body) == json.loads(second.body)  # the same notification, retried
     assert second.headers["X-dss-notify-attempt"] == "2"
-    log = requests.get(f"{dss.url}/v1/subscriptions/{sub_id}/deliveries", params={"replica": "aws"},
-                       headers=dss.auth(), timeout=30).json()["deliveries"]
+    # The receiver has answered, but the worker records the outcome a moment later.
+    deadline = time.monotonic() + 10
+    while True:
+        log = requests.get(f"{dss.url}/v1/subscriptions/{sub_id}/deliveries", params={"replica": "aws"},
+                           headers=dss.auth(), timeout=30).json()["deliveries"]
+        if [d["state"] for d in log] == ["delivered"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert [d["state"] for d in log] == ["delivered"]
     assert [a["status_code"] for a in log[0]["attempts"]] == [500, 200]
 

@@ -189,7 +189,11 @@ class _Collector:
             if value is None or value.__class__ in (dict, list):
                 self.visit(value, prefix + key)
             else:
-                self.add_value(value, prefix + key)
+                values = self.values.get(prefix + key)
+                if values is not None:
+                    values.append(value)
+                else:
+                    self.add_value(value, prefix + key)
 
     def _mark_parents(self, child: str, start: int) -> bool:
         return all(self._mark_object(child[:cut]) for cut, char in enumerate(child) if char == "." and cut > start)
@@ -239,6 +243,11 @@ def _infer_type(value: Any) -> FieldType:
     return FieldType.KEYWORD
 
 
+# Dates repeat across documents (submission and update times); parsing them is comparatively slow.
+_DATES: dict[str, int] = {}
+_DATES_LIMIT = 100_000
+
+
 def _coerce_number(field_type: FieldType, value: Any) -> int | float:
     if field_type is FieldType.LONG:
         return int(analysis.parse_long(value))  # Elasticsearch truncates reals in long fields
@@ -248,7 +257,13 @@ def _coerce_number(field_type: FieldType, value: Any) -> int | float:
         text = analysis.keyword_text(value) if not isinstance(value, bool) else None
         if text is None:
             raise ValueError(f"[{value}] is not a date")
-        return analysis.parse_date(text)
+        millis = _DATES.get(text)
+        if millis is None:
+            millis = analysis.parse_date(text)
+            if len(_DATES) >= _DATES_LIMIT:
+                _DATES.clear()
+            _DATES[text] = millis
+        return millis
     return int(analysis.parse_boolean(value))
 
 
@@ -270,6 +285,27 @@ def _add_raw(doc: IndexedDoc, path: str, values: list[Any]) -> None:
 
 
 def _add_keywords(doc: IndexedDoc, path: str, values: list[Any]) -> None:
+    if len(values) == 1:  # the common case, without the bookkeeping of positions across values
+        value = values[0]
+        text = value if value.__class__ is str else analysis.keyword_text(value)
+        if text is None:
+            return
+        if len(text) <= analysis.IGNORE_ABOVE:
+            doc.keywords[path] = {text.lower()}
+        words = analysis.tokenize(text)
+        if len(words) == 1:
+            doc.tokens[path] = {words[0]: [0]}
+        elif words:
+            positions: dict[str, list[int]] = {}
+            for position, word in enumerate(words):
+                if word in positions:
+                    positions[word].append(position)
+                else:
+                    positions[word] = [position]
+            doc.tokens[path] = positions
+        else:
+            doc.tokenless.add(path)
+        return
     keywords: set[str] = set()
     tokens: dict[str, list[int]] = {}
     position = -1

@@ -1,7 +1,8 @@
 """Resolved queries evaluated over the embedded engine's SQLite tables.
 
 All index entries live in one `postings` table clustered on `(field, value, doc)`: keywords and
-numbers under their field's id, tokens under the id of the `.text` sub-field, and an empty-string
+numbers under their field's id, tokens under the id of the `.text` sub-field (except tokens equal to
+a keyword value of the document, found in that keyword's row, which then has positions), and an empty-string
 marker under each object field a document has values in. Each leaf is one indexed range scan
 returning document row ids; boolean structure is set algebra in Python. A set may be held as
 its complement (`negated`), so that `must_not` and `match_all` never enumerate the whole index.
@@ -92,6 +93,7 @@ def prefix_bounds(prefix: str) -> tuple[str, str | None]:
     return prefix, None
 
 
+Where = tuple[str, list[Any]]  # an SQL condition on postings and its parameters
 Within = frozenset[int] | None  # when given, a result only has to be right for these documents
 
 
@@ -156,9 +158,10 @@ class SqlEvaluator:
         for child in must[1:]:
             if isinstance(child, Terms) and not child.case_insensitive and len(child.values) <= _CHUNK:
                 marks = ",".join("?" * len(child.values))
-                sql += (f" AND EXISTS (SELECT 1 FROM {self.postings} AS probe WHERE probe.field = ? AND "
+                where, field_params = self._field(child.space, child.field, "probe.") or ("0", [])
+                sql += (f" AND EXISTS (SELECT 1 FROM {self.postings} AS probe WHERE {where} AND "
                         f"probe.value IN ({marks}) AND probe.doc = {self.postings}.doc)")
-                params += [self._field_id(child.space, child.field), *child.values]
+                params += [*field_params, *child.values]
             else:
                 rest.append(child)
         return DocSet(self._rows(sql, params, within)), rest
@@ -207,14 +210,31 @@ class SqlEvaluator:
             params.append(json.dumps(list(within)))
         return frozenset(row for (row,) in self.conn.execute(sql, params))
 
-    def _field_id(self, space: str, name: str) -> int | None:
-        return self.field_ids.get(name + TEXT_SUFFIX if space == "tok" else name)
+    def _field(self, space: str, name: str, alias: str = "") -> Where | None:
+        """The condition selecting a field's entries, None when the field has none.
+
+        A `.text` token equal to one of the document's keyword values of the field is stored once, in
+        the keyword entry, which then carries its positions: `.text` entries are its own plus the
+        keyword entries with positions (keyword entries without a token equal to them have none).
+        """
+        if space != "tok":
+            field_id = self.field_ids.get(name)
+            return None if field_id is None else (f"{alias}field = ?", [field_id])
+        text_id = self.field_ids.get(name + TEXT_SUFFIX)
+        if text_id is None:
+            return None
+        keyword_id = self.field_ids.get(name)
+        if keyword_id is None:
+            return f"{alias}field = ?", [text_id]
+        return f"{alias}field IN (?, ?) AND {alias}positions IS NOT NULL", [text_id, keyword_id]
 
     def _leaf_query(self, node: Node) -> tuple[str, list[Any]] | None:
         """`SELECT doc FROM postings WHERE …` for the leaves that are one index scan, else None."""
         if isinstance(node, Exists):
             names = [*node.names, *(name[:-len(TEXT_SUFFIX)] + EMPTY_TEXT_SUFFIX for name in node.names
                                     if name.endswith(TEXT_SUFFIX))]
+            # a keyword value is also a `.text` value: its tokens, or the marker of none
+            names += [name[:-len(TEXT_SUFFIX)] for name in node.names if name.endswith(TEXT_SUFFIX)]
             field_ids = [self.field_ids[name] for name in names if name in self.field_ids]
             marks = ",".join("?" * len(field_ids))
             return f"SELECT doc FROM {self.postings} WHERE field IN ({marks})", field_ids
@@ -222,16 +242,17 @@ class SqlEvaluator:
             low, high = prefix_bounds(node.prefix)
             node = Range(node.space, node.field, low or None, high, True, False)
         if isinstance(node, Terms) and not node.case_insensitive and len(node.values) <= _CHUNK:
-            field_id = self._field_id(node.space, node.field)
+            where, params = self._field(node.space, node.field) or ("0", [])
             marks = ",".join("?" * len(node.values))
-            return f"SELECT doc FROM {self.postings} WHERE field = ? AND value IN ({marks})", [field_id, *node.values]
+            return f"SELECT doc FROM {self.postings} WHERE {where} AND value IN ({marks})", [*params, *node.values]
         if isinstance(node, Range):
             return self._range_query(node)
         return None
 
     def _range_query(self, node: Range) -> tuple[str, list[Any]]:
-        sql = f"SELECT doc FROM {self.postings} WHERE field = ?"
-        params: list[Any] = [self._field_id(node.space, node.field)]
+        where, field_params = self._field(node.space, node.field) or ("0", [])
+        sql = f"SELECT doc FROM {self.postings} WHERE {where}"
+        params: list[Any] = list(field_params)
         if node.lower is not None:
             sql += " AND value >= ?" if node.include_lower else " AND value > ?"
             params.append(node.lower)
@@ -240,18 +261,18 @@ class SqlEvaluator:
             params.append(node.upper)
         return sql, params
 
-    def _docs_with_values(self, field_id: int, values: list[Any], within: Within) -> DocSet:
+    def _docs_with_values(self, field: Where, values: list[Any], within: Within) -> DocSet:
         rows: set[int] = set()
         for start in range(0, len(values), _CHUNK):
             chunk = values[start:start + _CHUNK]
             marks = ",".join("?" * len(chunk))
-            rows.update(self._rows(f"SELECT doc FROM {self.postings} WHERE field = ? AND value IN ({marks})",
-                                   [field_id, *chunk], within))
+            rows.update(self._rows(f"SELECT doc FROM {self.postings} WHERE {field[0]} AND value IN ({marks})",
+                                   [*field[1], *chunk], within))
         return DocSet(frozenset(rows))
 
-    def _distinct_values(self, field_id: int, low: str | None = None, high: str | None = None) -> list[str]:
-        sql = f"SELECT DISTINCT value FROM {self.postings} WHERE field = ?"
-        params: list[Any] = [field_id]
+    def _distinct_values(self, field: Where, low: str | None = None, high: str | None = None) -> list[str]:
+        sql = f"SELECT DISTINCT value FROM {self.postings} WHERE {field[0]}"
+        params: list[Any] = list(field[1])
         if low:
             sql += " AND value >= ?"
             params.append(low)
@@ -261,50 +282,50 @@ class SqlEvaluator:
         return [value for (value,) in self.conn.execute(sql, params)]
 
     def _terms(self, node: Terms, within: Within) -> DocSet:
-        field_id = self._field_id(node.space, node.field)
-        if field_id is None:
+        field = self._field(node.space, node.field)
+        if field is None:
             return NONE
         values = list(node.values)
         if node.case_insensitive:
             lowered = {str(value).lower() for value in values}
-            values = [v for v in self._distinct_values(field_id) if v.lower() in lowered]
-        return self._docs_with_values(field_id, values, within) if values else NONE
+            values = [v for v in self._distinct_values(field) if v.lower() in lowered]
+        return self._docs_with_values(field, values, within) if values else NONE
 
     def _range(self, node: Range, within: Within) -> DocSet:
-        if self._field_id(node.space, node.field) is None:
+        if self._field(node.space, node.field) is None:
             return NONE
         sql, params = self._range_query(node)
         return DocSet(self._rows(sql, params, within))
 
     def _prefix(self, node: Prefix, within: Within) -> DocSet:
-        field_id = self._field_id(node.space, node.field)
-        if field_id is None:
+        field = self._field(node.space, node.field)
+        if field is None:
             return NONE
         if node.case_insensitive:
             prefix = node.prefix.lower()
-            values = [v for v in self._distinct_values(field_id) if v.lower().startswith(prefix)]
-            return self._docs_with_values(field_id, values, within) if values else NONE
+            values = [v for v in self._distinct_values(field) if v.lower().startswith(prefix)]
+            return self._docs_with_values(field, values, within) if values else NONE
         low, high = prefix_bounds(node.prefix)
         return self._range(Range(node.space, node.field, low or None, high, True, False), within)
 
     def _wildcard(self, node: Wildcard, within: Within) -> DocSet:
-        field_id = self._field_id(node.space, node.field)
-        if field_id is None:
+        field = self._field(node.space, node.field)
+        if field is None:
             return NONE
         regex = wildcard_regex(node.pattern, node.case_insensitive)
         low, high = prefix_bounds(literal_prefix(node.pattern)) if not node.case_insensitive else ("", None)
-        values = [v for v in self._distinct_values(field_id, low, high) if regex.match(v)]
-        return self._docs_with_values(field_id, values, within) if values else NONE
+        values = [v for v in self._distinct_values(field, low, high) if regex.match(v)]
+        return self._docs_with_values(field, values, within) if values else NONE
 
     def _phrase(self, node: Phrase, within: Within) -> DocSet:
-        field_id = self._field_id("tok", node.field)
-        if field_id is None:
+        field = self._field("tok", node.field)
+        if field is None:
             return NONE
         postings: list[dict[int, list[int]]] = []
         candidates: set[int] | None = None
         for token in node.tokens:
-            sql = f"SELECT doc, positions FROM {self.postings} WHERE field = ? AND value = ?"
-            params: list[Any] = [field_id, token]
+            sql = f"SELECT doc, positions FROM {self.postings} WHERE {field[0]} AND value = ?"
+            params: list[Any] = [*field[1], token]
             restriction = within if candidates is None else candidates
             if restriction is not None:
                 sql += " AND doc IN (SELECT value FROM json_each(?))"
