@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dss.events import Event
+from dss.sqlite import immediate
 
 __all__ = ["EventBus", "SQLiteEventBus", "RetryPolicy", "EventWorkers", "Handler"]
 
@@ -115,15 +116,9 @@ class SQLiteEventBus(EventBus):
         if not self.handlers:
             return
         now, body = time.time(), event.to_json()
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(self._db()) as db:
             db.executemany("INSERT INTO messages (handler, body, due) VALUES (?, ?, ?)",
                            [(handler, body, now) for handler in self.handlers])
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         with self._wakeup:
             self._wakeup.notify_all()
 
@@ -143,12 +138,11 @@ class SQLiteEventBus(EventBus):
     def failed(self, message: Message, error: str) -> None:
         db = self._db()
         if message.attempts >= self.policy.max_attempts:
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("INSERT OR REPLACE INTO dead (id, handler, body, attempts, failed_at, last_error)"
-                       " SELECT id, handler, body, attempts, ?, ? FROM messages WHERE id = ?",
-                       (time.time(), error, message.id))
-            db.execute("DELETE FROM messages WHERE id = ?", (message.id,))
-            db.execute("COMMIT")
+            with immediate(db):
+                db.execute("INSERT OR REPLACE INTO dead (id, handler, body, attempts, failed_at, last_error)"
+                           " SELECT id, handler, body, attempts, ?, ? FROM messages WHERE id = ?",
+                           (time.time(), error, message.id))
+                db.execute("DELETE FROM messages WHERE id = ?", (message.id,))
             logger.error("Gave up on %s for %s after %d attempts", message.handler, message.event.key,
                          message.attempts)
             return

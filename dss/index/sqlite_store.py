@@ -32,6 +32,7 @@ from typing import Any
 
 from dss.index.backend import DocumentRejected, InvalidQuery, SearchUnavailable
 from dss.index.mapping import EMPTY_TEXT_SUFFIX, TEXT_SUFFIX, FieldMap, FieldType, IndexedDoc, analyse
+from dss.sqlite import immediate
 
 __all__ = ["ReplicaStore", "Fields", "Writer", "sort_key", "sort_values", "values_of_key", "after_key"]
 
@@ -198,15 +199,8 @@ class ReplicaStore:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        conn = self.connection()
-        with _translated_errors():
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with _translated_errors(), immediate(self.connection()) as conn:
+            yield conn
 
     # ----------------------------------------------------------------------- pending documents
 

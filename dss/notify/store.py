@@ -42,6 +42,7 @@ from dss.config import DEFAULT_NOTIFY_DELAYS
 from dss.notify.delivery import Delivery
 from dss.notify.transport import AttemptResult, HttpTransport, Transport, describe_error
 from dss.notify.urlsafety import AllowList, redact_url
+from dss.sqlite import immediate
 
 __all__ = ["DeliveryStore", "DeliveryRecord", "AttemptRecord", "Claim", "STATES", "SCHEMA_VERSION"]
 
@@ -176,14 +177,8 @@ class _Database:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        conn = self.connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(self.connection()) as conn:
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
 
     @contextlib.contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
