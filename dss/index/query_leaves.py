@@ -193,12 +193,14 @@ class FieldQueries:
 
     # ---------------------------------------------------------------------------------- full text
 
-    def match(self, name: str, text: Any, *, operator: str = "or", minimum: Any = None,
-              zero_terms: str = "none", lenient: bool = False) -> Node:
-        text = _scalar("match", text)
+    def _analysed(self, kind: str, name: str, text: Any, zero_terms: str,
+                  lenient: bool) -> Node | tuple[Field, tuple[str, ...]]:
+        """(field, tokens) of a full-text query, or its answer when there is nothing to analyse: an
+        `_id`, a missing or non-text field (matched exactly, as Elasticsearch does), or no tokens."""
+        text = _scalar(kind, text)
         if name == "_id":
             return self.term(name, text)
-        field = self._resolve(name, "match")
+        field = self._resolve(name, kind)
         if field is None or field.type is FieldType.OBJECT:
             return MATCH_NONE
         if field.type is not FieldType.TEXT:
@@ -206,6 +208,14 @@ class FieldQueries:
         tokens = analysis.tokenize(str(analysis.keyword_text(text)))
         if not tokens:
             return MATCH_ALL if zero_terms == "all" else MATCH_NONE
+        return field, tokens
+
+    def match(self, name: str, text: Any, *, operator: str = "or", minimum: Any = None,
+              zero_terms: str = "none", lenient: bool = False) -> Node:
+        analysed = self._analysed("match", name, text, zero_terms, lenient)
+        if isinstance(analysed, Node):
+            return analysed
+        field, tokens = analysed
         clauses = [Terms("tok", field.base, (token,)) for token in tokens]
         if operator == "and":
             return all_of(clauses)
@@ -224,17 +234,10 @@ class FieldQueries:
         return Bool(should=tuple(clauses), min_should=max(required, 1))
 
     def phrase(self, name: str, text: Any, *, slop: int = 0, zero_terms: str = "none", lenient: bool = False) -> Node:
-        text = _scalar("match_phrase", text)
-        if name == "_id":
-            return self.term(name, text)
-        field = self._resolve(name, "match_phrase")
-        if field is None or field.type is FieldType.OBJECT:
-            return MATCH_NONE
-        if field.type is not FieldType.TEXT:
-            return self._exact(field, text, lenient)
-        tokens = analysis.tokenize(str(analysis.keyword_text(text)))
-        if not tokens:
-            return MATCH_ALL if zero_terms == "all" else MATCH_NONE
+        analysed = self._analysed("match_phrase", name, text, zero_terms, lenient)
+        if isinstance(analysed, Node):
+            return analysed
+        field, tokens = analysed
         if len(tokens) == 1:
             return Terms("tok", field.base, (tokens[0],))
         return Phrase(field.base, tuple(tokens), slop)
