@@ -4,6 +4,7 @@ import pytest
 pytest_plugins = [
     "tests.infra.storage_servers",
     "tests.infra.dss_server",
+    "tests.infra.receivers",
 ]
 
 # Variables a developer's shell may carry that would change what the code under test talks to.

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 import requests
@@ -40,12 +40,7 @@ from dss.notify import (
     check_callback_url,
 )
 from dss.notify.signing import sign_cavage
-
-if TYPE_CHECKING:
-    from tests.infra.receivers import Receiver, RecordedRequest
-
-# The `receiver` fixture (not imported directly: pytest must load it first to rewrite its asserts).
-pytest_plugins = ["tests.infra.receivers"]
+from tests.infra.receivers import Receiver, RecordedRequest, self_signed_tls, verify_cavage
 
 SECRET = "s3cr3t-hmac-key-do-not-leak"
 FAST = (0, 0.2, 0.4)
@@ -98,24 +93,6 @@ def state_of(store: DeliveryStore, delivery_id: str) -> str:
     return record.state
 
 
-def verify_cavage(request: RecordedRequest, secret: str = SECRET, key_id: str | None = None) -> None:
-    """Receiver-side check with requests-http-signature 0.1.0 (raises AssertionError on failure).
-
-    Its verifier checks the signature over the listed headers only, so a receiver must also compare
-    ``Digest`` with the body it got; we do that here as such a receiver would."""
-    message = SimpleNamespace(method=request.method, url=request.url, headers=CaseInsensitiveDict(request.headers))
-
-    def key_resolver(key_id: str, algorithm: str) -> bytes:
-        assert algorithm == "hmac-sha256"
-        assert expected_key_id is None or key_id == expected_key_id
-        return secret.encode()
-
-    expected_key_id = key_id
-    HTTPSignatureAuth.verify(message, key_resolver=key_resolver)
-    digest = "SHA-256=" + base64.b64encode(hashlib.sha256(request.body).digest()).decode()
-    assert message.headers["Digest"] == digest, "Digest does not match the body"
-
-
 def verify_rfc9421(request: RecordedRequest, secret: str = SECRET, key_id: str = "") -> Any:
     """Receiver-side check with http-message-signatures' own verifier (raises InvalidSignature)."""
     message = SimpleNamespace(method=request.method, url=request.url, headers=CaseInsensitiveDict(request.headers))
@@ -154,7 +131,7 @@ def test_json_payload_with_cavage_signature(make_store: Any, receiver: Receiver,
     assert request.headers["X-dss-notify-attempt"] == "1"
     assert json.loads(request.body) == delivery.payload
     assert 'algorithm="hmac-sha256",headers="date digest"' in request.headers["Authorization"]
-    verify_cavage(request, key_id=f"hca-dss:{delivery.subscription_id}")
+    verify_cavage(request, SECRET, key_id=f"hca-dss:{delivery.subscription_id}")
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT"])
@@ -167,7 +144,7 @@ def test_multipart_payload_with_cavage_signature(make_store: Any, receiver: Rece
     parts = multipart_parts(request)
     assert parts["team"] == "blue" and parts["run"] == "7"
     assert json.loads(parts["notification"]) == delivery.payload
-    verify_cavage(request, key_id="my-key")
+    verify_cavage(request, SECRET, key_id="my-key")
 
 
 @pytest.mark.parametrize(("method", "encoding"), [("POST", "application/json"), ("PUT", "multipart/form-data")])
@@ -185,10 +162,10 @@ def test_rfc9421_signature_verifies_with_the_library(make_store: Any, receiver: 
 
 def test_tampered_body_fails_cavage_verification(make_store: Any, receiver: Receiver) -> None:
     _, request = deliver_once(make_store, receiver)
-    verify_cavage(request)
+    verify_cavage(request, SECRET)
     tampered = dataclasses.replace(request, body=request.body.replace(b"CREATE", b"DELETE"))
     with pytest.raises(AssertionError, match="Digest"):
-        verify_cavage(tampered)
+        verify_cavage(tampered, SECRET)
     # An attacker who also fixes up Digest breaks the signature instead.
     new_digest = "SHA-256=" + base64.b64encode(hashlib.sha256(tampered.body).digest()).decode()
     lines = tuple((k, new_digest if k.lower() == "digest" else v) for k, v in request.header_lines)
@@ -250,7 +227,7 @@ def test_retries_follow_the_schedule(make_store: Any, receiver: Receiver) -> Non
     assert third.started_at - (second.started_at + (second.duration or 0)) >= 0.4 - 0.01
     assert [r.headers["X-dss-notify-attempt"] for r in receiver.requests] == ["1", "2", "3"]
     for request in receiver.requests:
-        verify_cavage(request)
+        verify_cavage(request, SECRET)
 
 
 def test_schedule_with_an_injected_clock(make_store: Any, receiver: Receiver) -> None:
@@ -309,7 +286,7 @@ def test_restart_resumes_pending_work(make_store: Any, receiver: Receiver) -> No
         wait_until(lambda: state_of(second, delivery_id) == "delivered")
     record = second.get(delivery_id)
     assert record is not None and [a.outcome for a in record.attempts] == ["failed", "delivered"]
-    verify_cavage(receiver.requests[0])
+    verify_cavage(receiver.requests[0], SECRET)
 
 
 def test_attempt_lost_in_a_crash_is_retried_after_its_lease(make_store: Any, receiver: Receiver) -> None:
@@ -535,8 +512,6 @@ def test_connection_goes_to_the_checked_address(make_store: Any, receiver: Recei
 
 
 def test_https_connects_to_the_checked_address_and_verifies_the_host_name(make_store: Any, tmp_path: Path) -> None:
-    from tests.infra.receivers import Receiver, self_signed_tls  # loaded (and assert-rewritten) as a plugin
-
     context, ca_file = self_signed_tls(tmp_path, "hooks.example")
     with Receiver(ssl_context=context) as tls:
         transport = HttpTransport(timeout=2, allowlist=LOOPBACK, resolver=lambda host, port: ["127.0.0.1"],
@@ -550,7 +525,7 @@ def test_https_connects_to_the_checked_address_and_verifies_the_host_name(make_s
         assert record is not None and record.state == "dead" and "SSLError" in (record.last_error or "")
         [request] = tls.requests
         assert request.headers["Host"] == f"hooks.example:{tls.port}"
-        verify_cavage(request)
+        verify_cavage(request, SECRET)
 
 
 # -- secrets -----------------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ from tests.infra.dss_server import USER, DSSServer, base_env, start_server
 if TYPE_CHECKING:
     from tests.infra.receivers import Receiver
 
-pytest_plugins = ["tests.infra.receivers"]
 
 OTHER = "other@example.org"
 SECRET = "write-only-hmac-secret-0451"

@@ -6,26 +6,17 @@ Signatures are checked with `requests-http-signature` 0.1.0, the library the ori
 """
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import time
-from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 import requests
-from requests.structures import CaseInsensitiveDict
-from requests_http_signature import HTTPSignatureAuth
 
 from dss.identifiers import new_version
 from tests.infra.dss_server import ADMIN, DSSServer
 from tests.infra.helpers import add_file, new_uuid, put_bundle
-
-if TYPE_CHECKING:
-    from tests.infra.receivers import Receiver, RecordedRequest
-
-pytest_plugins = ["tests.infra.receivers"]
+from tests.infra.receivers import Receiver, RecordedRequest, verify_cavage
 
 SECRET = "e2e-hmac-secret"
 SHORT_NAME_QUERY = "files.project_json[0].project_core.project_short_name == 'abc'"
@@ -66,19 +57,6 @@ def payloads(requests_: list[RecordedRequest]) -> list[dict[str, Any]]:
     return [json.loads(r.body) for r in requests_]
 
 
-def verify_signature(request: RecordedRequest, key_id: str, secret: str = SECRET) -> None:
-    message = SimpleNamespace(method=request.method, url=request.url, headers=CaseInsensitiveDict(request.headers))
-
-    def key_resolver(key_id: str, algorithm: str) -> bytes:
-        assert (key_id, algorithm) == (expected, "hmac-sha256")
-        return secret.encode()
-
-    expected = key_id
-    HTTPSignatureAuth.verify(message, key_resolver=key_resolver)
-    # requests-http-signature 0.1.0 does not compare Digest with the body; a careful receiver does.
-    assert request.headers["Digest"] == "SHA-256=" + base64.b64encode(hashlib.sha256(request.body).digest()).decode()
-
-
 def quiet_for(receiver: Receiver, count: int, seconds: float = 1.5) -> None:
     """Nothing beyond ``count`` requests arrives within ``seconds`` (duplicates would show up here)."""
     time.sleep(seconds)
@@ -96,7 +74,7 @@ def test_a_new_bundle_notifies_matching_jmespath_subscribers(dss: DSSServer, rec
     settle(dss)
     (request,) = receiver.wait_for(1, timeout=15)
     assert request.path == "/match" and request.method == "POST"
-    verify_signature(request, f"hca-dss:{matching}")
+    verify_cavage(request, SECRET, f"hca-dss:{matching}")
     payload = json.loads(request.body)
     assert payload["subscription_id"] == matching and payload["event_type"] == "CREATE"
     assert payload["match"] == {"bundle_uuid": bundle_uuid, "bundle_version": version}
@@ -116,7 +94,7 @@ def test_elasticsearch_subscribers_are_notified_through_percolation(dss: DSSServ
     bundle_uuid, version = project_bundle(dss, "abc")
     settle(dss)
     (request,) = receiver.wait_for(1, timeout=15)
-    verify_signature(request, "es-key")
+    verify_cavage(request, SECRET, "es-key")
     payload = json.loads(request.body)
     assert payload == {"transaction_id": payload["transaction_id"], "subscription_id": sub_id, "es_query": ES_QUERY,
                        "match": {"bundle_uuid": bundle_uuid, "bundle_version": version}, "event_type": "CREATE"}
@@ -148,7 +126,7 @@ def test_an_unversioned_tombstone_notifies_once_per_live_version(dss: DSSServer,
     settle(dss)
     received = receiver.wait_for(4, timeout=15)
     for request in received:
-        verify_signature(request, f"hca-dss:{sub_id}")
+        verify_cavage(request, SECRET, f"hca-dss:{sub_id}")
     tombstones = [p for p in payloads(received) if p["event_type"] == "TOMBSTONE"]
     assert sorted(p["match"]["bundle_version"] for p in tombstones) == sorted([first, second])
     assert all("attachments" not in p for p in tombstones)  # attachments are for CREATE only

@@ -2,20 +2,15 @@
 delivery store, and a real HTTP receiver on loopback."""
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import re
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
-from requests.structures import CaseInsensitiveDict
-from requests_http_signature import HTTPSignatureAuth
 
 from dss.errors import Forbidden, IllegalArguments, NotFound, TooManySubscriptions
 from dss.index.backend import QueryError, SearchIndex, open_search_index
@@ -31,11 +26,7 @@ from dss.subscriptions import (
 from dss.subscriptions.notifier import ATTACHMENTS_LIMIT, Notifier, evaluate_attachments
 from dss.tables import Table, TableError, open_table
 from dss.tables.sqlite import SQLiteTable
-
-if TYPE_CHECKING:
-    from tests.infra.receivers import Receiver, RecordedRequest
-
-pytest_plugins = ["tests.infra.receivers"]
+from tests.infra.receivers import Receiver, verify_cavage
 
 OWNER = "owner@example.org"
 OTHER = "other@example.org"
@@ -90,19 +81,6 @@ def es_body(url: str = "http://127.0.0.1:9/hook", short_name: str = "abc", **fie
 
 def matched_ids(service: SubscriptionService, document: dict[str, Any], replica: str = "aws") -> set[str]:
     return {s.uuid for s in service.matching(replica, document)}
-
-
-def verify_cavage(request: RecordedRequest, secret: str, key_id: str) -> None:
-    """Receiver-side check with requests-http-signature 0.1.0, plus the Digest a receiver must compare."""
-    message = SimpleNamespace(method=request.method, url=request.url, headers=CaseInsensitiveDict(request.headers))
-
-    def key_resolver(key_id: str, algorithm: str) -> bytes:
-        assert (key_id, algorithm) == (expected_key_id, "hmac-sha256")
-        return secret.encode()
-
-    expected_key_id = key_id
-    HTTPSignatureAuth.verify(message, key_resolver=key_resolver)
-    assert request.headers["Digest"] == "SHA-256=" + base64.b64encode(hashlib.sha256(request.body).digest()).decode()
 
 
 # --- creation and validation ----------------------------------------------------------------------------

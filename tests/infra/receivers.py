@@ -9,7 +9,9 @@ pass the server context from :func:`self_signed_tls`.
 """
 from __future__ import annotations
 
+import base64
 import datetime
+import hashlib
 import http.server
 import ssl
 import sys
@@ -18,12 +20,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Literal
 
 import pytest
 from requests.structures import CaseInsensitiveDict
+from requests_http_signature import HTTPSignatureAuth
 
-__all__ = ["Receiver", "RecordedRequest", "receiver", "self_signed_tls"]
+__all__ = ["Receiver", "RecordedRequest", "receiver", "self_signed_tls", "verify_cavage"]
 
 FailMode = Literal["status", "drop"]
 
@@ -219,3 +223,21 @@ def self_signed_tls(directory: Path, hostname: str) -> tuple[ssl.SSLContext, Pat
 def receiver() -> Iterator[Receiver]:
     with Receiver() as r:
         yield r
+
+
+def verify_cavage(request: RecordedRequest, secret: str, key_id: str | None = None) -> None:
+    """Receiver-side check with requests-http-signature 0.1.0 (raises on failure), not our own code.
+
+    That verifier checks the signature over the listed headers only, so a receiver must also compare
+    ``Digest`` with the body it got; this does so, as such a receiver would."""
+    message = SimpleNamespace(method=request.method, url=request.url, headers=CaseInsensitiveDict(request.headers))
+
+    def key_resolver(key_id: str, algorithm: str) -> bytes:
+        assert algorithm == "hmac-sha256"
+        assert expected_key_id is None or key_id == expected_key_id
+        return secret.encode()
+
+    expected_key_id = key_id
+    HTTPSignatureAuth.verify(message, key_resolver=key_resolver)
+    digest = "SHA-256=" + base64.b64encode(hashlib.sha256(request.body).digest()).decode()
+    assert message.headers["Digest"] == digest, "Digest does not match the body"
