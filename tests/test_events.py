@@ -80,6 +80,29 @@ assert SQLiteEventBus(Path({str(path)!r}), handlers=("h",), policy=RetryPolicy(l
     assert seen == [Event("aws", "bundles/orphan")]
 
 
+def test_a_killed_but_unreaped_lease_holder_counts_as_dead(tmp_path):
+    """A zombie still answers kill(pid, 0); its lease must be released all the same."""
+    path = tmp_path / "q.sqlite3"
+    bus = SQLiteEventBus(path, handlers=("h",), policy=RetryPolicy(lease=3600))
+    bus.publish(Event("aws", "bundles/zombie"))
+    child = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time; sys.path.insert(0, {str(REPO)!r})
+from pathlib import Path
+from dss.events.bus import SQLiteEventBus, RetryPolicy
+assert SQLiteEventBus(Path({str(path)!r}), handlers=("h",), policy=RetryPolicy(lease=3600)).lease() is not None
+print("leased", flush=True)
+time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "leased"
+        child.kill()  # not waited for: a zombie until the test ends
+        time.sleep(0.2)
+        assert bus.release_orphans() == 1
+        assert bus.lease() is not None
+    finally:
+        child.wait()
+
+
 def test_stop_is_prompt(tmp_path):
     bus = SQLiteEventBus(tmp_path / "q.sqlite3", handlers=("h",))
     workers = EventWorkers(bus, {"h": lambda e: None}, threads=2)

@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS messages (
     due REAL NOT NULL,
     lease_until REAL NOT NULL DEFAULT 0,
     last_error TEXT,
-    owner INTEGER
+    owner TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_due ON messages (due, lease_until);
 CREATE TABLE IF NOT EXISTS dead (
@@ -123,11 +123,11 @@ class SQLiteEventBus(EventBus):
             self._wakeup.notify_all()
 
     def lease(self) -> Message | None:
-        now = time.time()
+        now, owner = time.time(), _identity(os.getpid())
         row = self._db().execute(
             "UPDATE messages SET lease_until = ?, attempts = attempts + 1, owner = ? WHERE id = ("
             " SELECT id FROM messages WHERE due <= ? AND lease_until <= ? ORDER BY id LIMIT 1)"
-            " RETURNING id, handler, body, attempts", (now + self.policy.lease, os.getpid(), now, now)).fetchone()
+            " RETURNING id, handler, body, attempts", (now + self.policy.lease, owner, now, now)).fetchone()
         if row is None:
             return None
         return Message(row[0], row[1], Event.from_json(row[2]), row[3])
@@ -157,7 +157,7 @@ class SQLiteEventBus(EventBus):
             "SELECT DISTINCT owner FROM messages WHERE lease_until > ? AND owner IS NOT NULL", (time.time(),))]
         released = 0
         for owner in owners:
-            if not _alive(owner):
+            if _identity(int(str(owner).split(":")[0])) != str(owner):
                 released += db.execute("UPDATE messages SET lease_until = 0 WHERE owner = ? AND lease_until > ?",
                                        (owner, time.time())).rowcount
         if released:
@@ -184,14 +184,24 @@ class SQLiteEventBus(EventBus):
             self._wakeup.notify_all()
 
 
-def _alive(pid: int) -> bool:
+def _identity(pid: int) -> str | None:
+    """`pid:start time` of a running process, None if it is gone. The start time tells a reused pid
+    from the lease holder, and a zombie (killed, not yet reaped) counts as gone. Without /proc, the
+    pid alone."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return str(pid)
+    state, *rest = stat.rsplit(")", 1)[1].split()
+    return None if state in ("Z", "X") else f"{pid}:{rest[18]}"
 
 
 class EventWorkers:
