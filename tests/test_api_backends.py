@@ -85,11 +85,14 @@ def test_gcs_staging_lands_in_the_gcp_replica(cloud_dss):
     data = b'{"organ": "pancreas"}'
     file_uuid = new_uuid()
     source = stage_gs(cloud_dss.gs_staging, f"{file_uuid}/organ.json", data, _declared(data))
+    cloud_dss.runtime.workers.stop()  # no background sync yet, so where the write landed is visible
     assert put_file(cloud_dss, source, file_uuid).status_code == 201
     head = requests.head(f"{cloud_dss.url}/v1/files/{file_uuid}", params={"replica": "gcp"})
     assert head.status_code == 200 and head.headers["X-DSS-CONTENT-TYPE"] == "application/json"
     assert requests.head(f"{cloud_dss.url}/v1/files/{file_uuid}", params={"replica": "aws"}).status_code == 404
     assert _download(cloud_dss, file_uuid, "gcp") == data
+    cloud_dss.runtime.workers.drain(timeout=60)
+    assert _download(cloud_dss, file_uuid, "aws") == data
 
 
 def test_checksum_sources_and_failures(cloud_dss):
