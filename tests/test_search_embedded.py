@@ -1,7 +1,9 @@
 """Behaviour specific to the embedded engine: storage, updates, concurrency, URL forms."""
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +143,76 @@ def test_large_bundles_are_indexed_without_their_file_list(tmp_path: Path) -> No
         assert _ids(index, {"match": {"files.project_json.title.text": "atlas"}}) == ["big.v1"]
         assert _ids(index, {"exists": {"field": "manifest.files"}}) == []
         assert index.get(REPLICA, "big.v1")["manifest"]["files"] == []
+
+
+def _table_count(path: Path, table: str) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_replaced_documents_leave_the_segments(tmp_path: Path, documents: list[Any]) -> None:
+    database = tmp_path / "search" / f"{REPLICA}.sqlite3"
+    with open_search_index(f"sqlite://{tmp_path}/search", merge_threshold=10, merge_in_background=False) as index:
+        index.index_many(REPLICA, documents[:40])
+        assert _table_count(database, "pending") == 0
+        changed = [(doc_id, {**doc, "organ": "replaced"}) for doc_id, doc in documents[:20]]
+        index.index_many(REPLICA, changed[:5])  # below the threshold: old versions listed as deleted
+        assert _table_count(database, "deleted") == 5
+        assert len(_ids(index, {"match_all": {}})) == 40
+        assert sorted(_ids(index, {"term": {"organ": "replaced"}})) == sorted(doc_id for doc_id, _ in changed[:5])
+        index.index_many(REPLICA, changed[5:])
+        index.refresh(REPLICA)  # segments with a quarter of their documents replaced are rewritten
+        assert _table_count(database, "deleted") == 0
+        assert len(_ids(index, {"match_all": {}})) == 40
+        assert sorted(_ids(index, {"term": {"organ": "replaced"}})) == sorted(doc_id for doc_id, _ in changed)
+        brain = {doc_id for doc_id, doc in documents[:40]
+                 if doc["files"]["specimen_from_organism_json"][0]["organ"]["text"] == "brain"}
+        assert set(_ids(index, {"term": {ORGAN: "brain"}})) == brain
+
+
+def test_the_background_merger_needs_no_refresh(tmp_path: Path, documents: list[Any]) -> None:
+    database = tmp_path / "search" / f"{REPLICA}.sqlite3"
+    with open_search_index(f"sqlite://{tmp_path}/search", merge_threshold=16) as index:
+        for doc_id, doc in documents:
+            index.index(REPLICA, doc_id, doc)
+        deadline = time.monotonic() + 30
+        while _table_count(database, "pending") and time.monotonic() < deadline:
+            time.sleep(0.1)  # the last few go once writes have paused
+        assert _table_count(database, "pending") == 0
+        assert _table_count(database, "segments") >= 1
+        assert len(_ids(index, {"match_all": {}})) == len(documents)
+
+
+def test_parallel_builds_type_new_fields_in_document_order(tmp_path: Path) -> None:
+    """Chunks are built in separate processes; a field first seen in an earlier chunk keeps the
+    type its first value gave it, even if a later chunk saw only other kinds of value."""
+    docs = [(f"d{n}.1", {"uuid": f"d{n}", **({"x": 5} if n == 50 else {"x": "abc"} if n >= 150 else {})})
+            for n in range(300)]
+    with open_search_index(f"sqlite://{tmp_path}/search", merge_threshold=10 ** 6,
+                           merge_in_background=False) as index:
+        index.index_many(REPLICA, docs)
+        pending = _ids(index, {"exists": {"field": "x"}})
+        index.refresh(REPLICA)
+        assert _ids(index, {"exists": {"field": "x"}}) == pending == ["d50.1"]
+        assert _ids(index, {"term": {"x": 5}}) == ["d50.1"]
+
+
+def test_indexes_in_the_old_layout_are_rebuilt(tmp_path: Path, documents: list[Any]) -> None:
+    database = tmp_path / "search" / f"{REPLICA}.sqlite3"
+    with open_search_index(f"sqlite://{tmp_path}/search", merge_in_background=False) as index:
+        index.index_many(REPLICA, documents)
+        index.refresh(REPLICA)
+    conn = sqlite3.connect(database)
+    conn.executescript("DROP TABLE postings; DROP TABLE segments; DROP TABLE deleted; "
+                       "CREATE TABLE postings (field INTEGER NOT NULL, value NOT NULL, doc INTEGER NOT NULL, "
+                       "positions, PRIMARY KEY (field, value, doc)) WITHOUT ROWID;")
+    conn.close()
+    with open_search_index(f"sqlite://{tmp_path}/search") as index:
+        brain = sum(doc["files"]["specimen_from_organism_json"][0]["organ"]["text"] == "brain" for _, doc in documents)
+        assert len(_ids(index, {"term": {ORGAN: "brain"}})) == brain  # pending meanwhile, still found
+        index.refresh(REPLICA)
+        assert _table_count(database, "pending") == 0
+        assert len(_ids(index, {"term": {ORGAN: "brain"}})) == brain

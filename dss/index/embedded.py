@@ -3,7 +3,8 @@
 A search parses the query against the replica's mapping (`dss.index.query`), evaluates it as a set of
 document row ids over the postings (`dss.index.sql_search`) plus the pending documents (tested one by
 one, `dss.index.matcher`), and pages through the result in the forced order `uuid desc,
-manifest.version desc (missing last)` by walking the `skey` index. Subscriptions are matched by the
+manifest.version desc (missing last)` by walking the `skey` index. Replaced documents whose
+postings are still in a segment are left out of every result. Subscriptions are matched by the
 percolator (`dss.index.percolator`).
 
 `sqlite://<dir>` keeps `<dir>/<replica>.sqlite3`; `sqlite://<file>.sqlite3` (or `.db`, `.sqlite`) keeps
@@ -29,6 +30,7 @@ from dss.index.backend import (
 )
 from dss.index.mapping import IndexedDoc, analyse
 from dss.index.matcher import compile_predicate
+from dss.index.merging import SegmentMerger
 from dss.index.percolator import Percolator, compile_subscription
 from dss.index.query import MAX_RESULT_WINDOW, QueryParser, parse_search_body
 from dss.index.query_ir import Node
@@ -46,19 +48,28 @@ _FILE_SUFFIXES = (".sqlite3", ".sqlite", ".db")
 class EmbeddedSearchIndex(SearchIndex):
     """`path` is a directory (one database per replica) or a `.sqlite3` file (all replicas in it).
 
-    `merge_threshold`: how many written documents may wait before their postings are added in one
-    batch (1 adds them at once). `clock` gives "now" in epoch milliseconds for date math.
+    `merge_threshold`: how many written documents may wait before their postings are written as a
+    new segment (1 writes them at once); `merge_in_background`: whether a thread does that
+    (`dss.index.merging`) or the write that reached the threshold; `segment_fanout`: how many
+    segments of one size are merged into one of the next. `clock` gives "now" in epoch milliseconds
+    for date math.
     """
 
     def __init__(self, path: str | Path, *, cache_mib: int = 64, merge_threshold: int = 128,
+                 segment_fanout: int = 16, merge_in_background: bool = True,
                  clock: Callable[[], int] = current_millis) -> None:
         if merge_threshold < 1:
             raise ValueError("merge_threshold must be at least 1")
+        if segment_fanout < 2:
+            raise ValueError("segment_fanout must be at least 2")
         self._path = Path(path).expanduser()
         self._single_file = self._path.suffix in _FILE_SUFFIXES or self._path.is_file()
         (self._path.parent if self._single_file else self._path).mkdir(parents=True, exist_ok=True)
         self._cache_kib = cache_mib * 1024
         self._merge_threshold = merge_threshold
+        self._fanout = segment_fanout
+        self._background = merge_in_background
+        self._mergers: dict[str, SegmentMerger] = {}
         self._clock = clock
         self._stores: dict[str, ReplicaStore] = {}
         self._percolators: dict[str, Percolator] = {}
@@ -77,10 +88,14 @@ class EmbeddedSearchIndex(SearchIndex):
                 path = self._path if self._single_file else self._path / f"{replica}.sqlite3"
                 prefix = f"{replica}_" if self._single_file else ""
                 try:
-                    self._stores[replica] = ReplicaStore(path, prefix, self._cache_kib)
+                    self._stores[replica] = ReplicaStore(path, prefix, self._cache_kib, self._fanout)
                 except sqlite3.Error as error:
                     raise SearchUnavailable(f"cannot open the search index at {path}: {error}") from error
                 self._percolators[replica] = Percolator()
+                merger = self._mergers[replica] = SegmentMerger(
+                    self._stores[replica], path.with_name(f"{path.name}.{replica}.merge-lock"),
+                    threshold=self._merge_threshold, background=self._background)
+                merger.written(merger.pending())  # left by a previous run, or an older layout
             return self._stores[replica]
 
     # ------------------------------------------------------------------------------- documents
@@ -96,18 +111,15 @@ class EmbeddedSearchIndex(SearchIndex):
             for doc_id, doc in docs:
                 writer.put(doc_id, doc)
                 count += 1
-            if writer.pending_count() >= self._merge_threshold:
-                writer.merge()
+            pending = writer.pending_count()
         writer.committed()
+        self._mergers[replica].written(pending)
         return count
 
     def refresh(self, replica: str) -> None:
         """Add the postings of every pending document now (searches see them either way)."""
-        store = self._store(replica)
-        with store.write() as conn:
-            writer = Writer(store, conn)
-            writer.merge()
-        writer.committed()
+        self._store(replica)
+        self._mergers[replica].merge()
 
     def get(self, replica: str, doc_id: str) -> dict[str, Any] | None:
         store = self._store(replica)
@@ -124,9 +136,11 @@ class EmbeddedSearchIndex(SearchIndex):
         after = after_key(search_after)
         store = self._store(replica)
         with store.read() as (conn, fields):
-            node = QueryParser(fields.map, self._clock).parse_request(request)
+            pending, mapping = store.pending_docs(conn, fields)
+            node = QueryParser(mapping, self._clock).parse_request(request)
             docset = SqlEvaluator(conn, store.tables, fields.ids).evaluate(node)
-            docset = _with_pending(docset, node, store.pending_docs(conn, fields))
+            docset = DocSet(docset.ids - store.deleted_rows(conn), docset.negated)
+            docset = _with_pending(docset, node, pending)
             pager = _Pager(conn, store.tables["docs"])
             total, keys = pager.page(docset, size, request.from_, after)
             sources = pager.sources(keys) if source and request.source.enabled else {}
@@ -174,6 +188,8 @@ class EmbeddedSearchIndex(SearchIndex):
     def close(self) -> None:
         with self._lock:
             self._closed = True
+            for merger in self._mergers.values():
+                merger.stop()
             for store in self._stores.values():
                 store.close()
             self._stores.clear()

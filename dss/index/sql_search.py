@@ -1,19 +1,19 @@
 """Resolved queries evaluated over the embedded engine's SQLite tables.
 
-All index entries live in one `postings` table clustered on `(field, value, doc)`: keywords and
-numbers under their field's id, tokens under the id of the `.text` sub-field (except tokens equal to
-a keyword value of the document, found in that keyword's row, which then has positions), and an empty-string
-marker under each object field a document has values in. Each leaf is one indexed range scan
-returning document row ids; boolean structure is set algebra in Python. A set may be held as
-its complement (`negated`), so that `must_not` and `match_all` never enumerate the whole index.
-Leaves that need per-term logic (wildcards, case-insensitive terms) first list the field's distinct
-terms that qualify, then fetch their documents.
+The index is a set of segments (`dss.index.sqlite_store`); each leaf is one indexed scan per segment
+(`seg IN (…)` on the clustered key `(seg, field, value)`), whose rows list documents (expanded here
+into row ids) and, for `.text` tokens, positions. Keywords and numbers are under their field's id,
+tokens under the id of the `.text` sub-field, and an empty-string marker under each object field a
+document has values in. Boolean structure is set algebra in Python. A set may be held as its
+complement (`negated`), so that `must_not` and `match_all` never enumerate the whole index. Leaves
+that need per-term logic (wildcards, case-insensitive terms) first list the field's distinct terms
+that qualify, then fetch their documents.
 """
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,8 +34,9 @@ from dss.index.query_ir import (
     literal_prefix,
     wildcard_regex,
 )
+from dss.index.segment_builder import DOC_WIDTH, decode_docs
 
-__all__ = ["DocSet", "SqlEvaluator", "prefix_bounds", "encode_positions", "decode_positions"]
+__all__ = ["DocSet", "SqlEvaluator", "prefix_bounds"]
 
 _CHUNK = 500
 _ESTIMATE_CAP = 20000  # counting stops here: beyond it, the order of clauses hardly matters
@@ -73,13 +74,9 @@ ALL = DocSet(frozenset(), True)
 NONE = DocSet(frozenset())
 
 
-def encode_positions(positions: list[int]) -> int | str:
-    """Token positions as stored: most tokens occur once in a field, so a bare integer is common."""
-    return positions[0] if len(positions) == 1 else json.dumps(positions)
-
-
-def decode_positions(stored: int | str) -> list[int]:
-    return [stored] if isinstance(stored, int) else json.loads(stored)
+def _expand(codes: str) -> Iterable[int]:
+    """The documents of a posting list; most hold one document."""
+    return (int(codes, 16),) if len(codes) == DOC_WIDTH else decode_docs(codes)
 
 
 def prefix_bounds(prefix: str) -> tuple[str, str | None]:
@@ -109,6 +106,8 @@ class SqlEvaluator:
         self.conn = conn
         self.docs = tables["docs"]
         self.postings = tables["postings"]
+        segments = ",".join(str(seg) for (seg,) in conn.execute(f"SELECT id FROM {tables['segments']}"))
+        self._in_segments = f"seg IN ({segments})" if segments else "0"
         self.field_ids = field_ids
         self._leaves: dict[type, Callable[[Any, Within], DocSet]] = {
             Terms: self._terms, Range: self._range, Prefix: self._prefix, Wildcard: self._wildcard,
@@ -128,10 +127,7 @@ class SqlEvaluator:
 
     def _bool(self, node: Bool, within: Within) -> DocSet:
         result = ALL if within is None else DocSet(within)
-        must = self._by_selectivity(node.must)
-        if len(must) > 1 and self._leaf_query(must[0]) is not None:
-            result, must = self._probed(must, within)
-        for child in must:
+        for child in self._by_selectivity(node.must):
             result = result & self.evaluate(child, self._candidates(result, within))
             if not result.negated and not result.ids:
                 return NONE
@@ -146,25 +142,6 @@ class SqlEvaluator:
         elif node.min_should > 1:
             result = result & self._at_least(node.should, node.min_should, self._candidates(result, within))
         return result
-
-    def _probed(self, must: list[Node], within: Within) -> tuple[DocSet, list[Node]]:
-        """The most selective clause, filtered inside SQLite by index probes for the term clauses.
-
-        Each candidate row of the first clause is kept only if a `(field, value, doc)` key of every
-        term clause exists, so that only the survivors reach Python. Returns them and what is left.
-        """
-        sql, params = self._leaf_query(must[0])  # type: ignore[misc]
-        rest = []
-        for child in must[1:]:
-            if isinstance(child, Terms) and not child.case_insensitive and len(child.values) <= _CHUNK:
-                marks = ",".join("?" * len(child.values))
-                where, field_params = self._field(child.space, child.field, "probe.") or ("0", [])
-                sql += (f" AND EXISTS (SELECT 1 FROM {self.postings} AS probe WHERE {where} AND "
-                        f"probe.value IN ({marks}) AND probe.doc = {self.postings}.doc)")
-                params += [*field_params, *child.values]
-            else:
-                rest.append(child)
-        return DocSet(self._rows(sql, params, within)), rest
 
     @staticmethod
     def _candidates(result: DocSet, within: Within) -> Within:
@@ -187,7 +164,8 @@ class SqlEvaluator:
         if query is None:
             return _ESTIMATE_CAP + (1 if isinstance(node, (Bool, MatchAll)) else 0)
         sql, params = query
-        return self.conn.execute(f"SELECT count(*) FROM ({sql} LIMIT {_ESTIMATE_CAP})", params).fetchone()[0]
+        count = self.conn.execute(f"SELECT sum(length(docs)) FROM ({sql} LIMIT {_ESTIMATE_CAP})", params).fetchone()[0]
+        return (count or 0) // DOC_WIDTH
 
     def _at_least(self, clauses: tuple[Node, ...], required: int, within: Within) -> DocSet:
         sets = [self.evaluate(child, within) for child in clauses]
@@ -204,32 +182,19 @@ class SqlEvaluator:
     # ------------------------------------------------------------------------------------- leaves
 
     def _rows(self, sql: str, params: Iterable[Any], within: Within = None) -> frozenset[int]:
-        params = list(params)
-        if within is not None:
-            sql += " AND doc IN (SELECT value FROM json_each(?))"
-            params.append(json.dumps(list(within)))
-        return frozenset(row for (row,) in self.conn.execute(sql, params))
+        """The documents of the posting lists `sql` selects (as `docs`), restricted to `within`."""
+        rows: set[int] = set()
+        for (codes,) in self.conn.execute(sql, list(params)):
+            rows.update(_expand(codes))
+        return frozenset(rows if within is None else rows & within)
 
-    def _field(self, space: str, name: str, alias: str = "") -> Where | None:
-        """The condition selecting a field's entries, None when the field has none.
-
-        A `.text` token equal to one of the document's keyword values of the field is stored once, in
-        the keyword entry, which then carries its positions: `.text` entries are its own plus the
-        keyword entries with positions (keyword entries without a token equal to them have none).
-        """
-        if space != "tok":
-            field_id = self.field_ids.get(name)
-            return None if field_id is None else (f"{alias}field = ?", [field_id])
-        text_id = self.field_ids.get(name + TEXT_SUFFIX)
-        if text_id is None:
-            return None
-        keyword_id = self.field_ids.get(name)
-        if keyword_id is None:
-            return f"{alias}field = ?", [text_id]
-        return f"{alias}field IN (?, ?) AND {alias}positions IS NOT NULL", [text_id, keyword_id]
+    def _field(self, space: str, name: str) -> Where | None:
+        """The condition selecting a field's entries (tokens: its `.text` sub-field's), None when it has none."""
+        field_id = self.field_ids.get(name + TEXT_SUFFIX if space == "tok" else name)
+        return None if field_id is None else (f"{self._in_segments} AND field = ?", [field_id])
 
     def _leaf_query(self, node: Node) -> tuple[str, list[Any]] | None:
-        """`SELECT doc FROM postings WHERE …` for the leaves that are one index scan, else None."""
+        """`SELECT docs FROM postings WHERE …` for the leaves that are one index scan, else None."""
         if isinstance(node, Exists):
             names = [*node.names, *(name[:-len(TEXT_SUFFIX)] + EMPTY_TEXT_SUFFIX for name in node.names
                                     if name.endswith(TEXT_SUFFIX))]
@@ -237,21 +202,21 @@ class SqlEvaluator:
             names += [name[:-len(TEXT_SUFFIX)] for name in node.names if name.endswith(TEXT_SUFFIX)]
             field_ids = [self.field_ids[name] for name in names if name in self.field_ids]
             marks = ",".join("?" * len(field_ids))
-            return f"SELECT doc FROM {self.postings} WHERE field IN ({marks})", field_ids
+            return f"SELECT docs FROM {self.postings} WHERE {self._in_segments} AND field IN ({marks})", field_ids
         if isinstance(node, Prefix) and not node.case_insensitive:
             low, high = prefix_bounds(node.prefix)
             node = Range(node.space, node.field, low or None, high, True, False)
         if isinstance(node, Terms) and not node.case_insensitive and len(node.values) <= _CHUNK:
             where, params = self._field(node.space, node.field) or ("0", [])
             marks = ",".join("?" * len(node.values))
-            return f"SELECT doc FROM {self.postings} WHERE {where} AND value IN ({marks})", [*params, *node.values]
+            return f"SELECT docs FROM {self.postings} WHERE {where} AND value IN ({marks})", [*params, *node.values]
         if isinstance(node, Range):
             return self._range_query(node)
         return None
 
     def _range_query(self, node: Range) -> tuple[str, list[Any]]:
         where, field_params = self._field(node.space, node.field) or ("0", [])
-        sql = f"SELECT doc FROM {self.postings} WHERE {where}"
+        sql = f"SELECT docs FROM {self.postings} WHERE {where}"
         params: list[Any] = list(field_params)
         if node.lower is not None:
             sql += " AND value >= ?" if node.include_lower else " AND value > ?"
@@ -266,7 +231,7 @@ class SqlEvaluator:
         for start in range(0, len(values), _CHUNK):
             chunk = values[start:start + _CHUNK]
             marks = ",".join("?" * len(chunk))
-            rows.update(self._rows(f"SELECT doc FROM {self.postings} WHERE {field[0]} AND value IN ({marks})",
+            rows.update(self._rows(f"SELECT docs FROM {self.postings} WHERE {field[0]} AND value IN ({marks})",
                                    [*field[1], *chunk], within))
         return DocSet(frozenset(rows))
 
@@ -322,15 +287,9 @@ class SqlEvaluator:
         if field is None:
             return NONE
         postings: list[dict[int, list[int]]] = []
-        candidates: set[int] | None = None
+        candidates: set[int] | None = None if within is None else set(within)
         for token in node.tokens:
-            sql = f"SELECT doc, positions FROM {self.postings} WHERE {field[0]} AND value = ?"
-            params: list[Any] = [*field[1], token]
-            restriction = within if candidates is None else candidates
-            if restriction is not None:
-                sql += " AND doc IN (SELECT value FROM json_each(?))"
-                params.append(json.dumps(list(restriction)))
-            posting = {doc: decode_positions(positions) for doc, positions in self.conn.execute(sql, params)}
+            posting = dict(self._positions(field, token, candidates))
             candidates = set(posting) if candidates is None else candidates & posting.keys()
             if not candidates:
                 return NONE
@@ -338,6 +297,14 @@ class SqlEvaluator:
         assert candidates is not None
         return DocSet(frozenset(doc for doc in candidates
                                 if phrase_matches([posting[doc] for posting in postings], node.slop)))
+
+    def _positions(self, field: Where, token: str, candidates: set[int] | None) -> Iterator[tuple[int, list[int]]]:
+        """(document, positions) of a token, for the candidates only when there are some."""
+        for codes, positions in self.conn.execute(
+                f"SELECT docs, positions FROM {self.postings} WHERE {field[0]} AND value = ?", [*field[1], token]):
+            for doc, entry in zip(_expand(codes), json.loads("[" + positions + "]")):
+                if candidates is None or doc in candidates:
+                    yield doc, entry if isinstance(entry, list) else [entry]
 
     def _exists(self, node: Exists, within: Within) -> DocSet:
         """Any entry under the field: a keyword or number, a token of a `.text` field, an object's marker."""
@@ -348,4 +315,5 @@ class SqlEvaluator:
 
     def _ids(self, node: Ids, within: Within) -> DocSet:
         marks = ",".join("?" * len(node.values))
-        return DocSet(self._rows(f"SELECT id FROM {self.docs} WHERE doc_id IN ({marks})", node.values))
+        rows = self.conn.execute(f"SELECT id FROM {self.docs} WHERE doc_id IN ({marks})", node.values)
+        return DocSet(frozenset(row for (row,) in rows))

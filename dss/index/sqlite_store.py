@@ -3,21 +3,30 @@
 Tables:
 * `docs`: id, document id, source JSON, and `skey`, a string whose order is the forced search order;
 * `fields`: the dynamic mapping, one row (and id) per leaf field, `.text` sub-field and object field;
-* `postings`: the inverted index, clustered on `(field, value, doc)`; keywords and numbers under their
-  field, tokens (with positions) under the `.text` sub-field, an empty marker under each object field
-  (and under `<field>.text#empty` for values that gave no token); a token equal to one of the
-  document's keyword values of the field is kept only in that keyword's row, as its positions;
-* `pending`: documents written but not yet in `postings`;
+* `postings`: the inverted index as immutable segments, clustered on `(seg, field, value)`; each row
+  lists the documents of one term in one segment (fixed-width hex codes of their row ids, `DOC_WIDTH`
+  characters each) and, for text tokens, their positions. Keywords and numbers are under their field,
+  tokens under the `.text` sub-field, an empty marker under each object field (and under
+  `<field>.text#empty` for values that gave no token);
+* `segments`: each segment's level, the range of document rows it covers and its document count;
+* `deleted`: replaced documents whose postings are still in a segment (searches leave them out);
+* `pending`: documents written but not yet in a segment;
 * `subscriptions` and `meta` for the percolator.
 
-Why `pending`: an inverted index spreads one document over hundreds of B-tree pages, and committing
-them one document at a time costs a page write each. So a write commits only the document (a few
-pages); postings are added for many pending documents at once (`merge`), which shares the page
-writes. Until then searches test pending documents one by one with the same predicate percolation
-uses (`dss.index.matcher`), from an in-process cache of their analysed form.
+Why segments: an inverted index spreads a document over hundreds of terms. Adding them to one big
+B-tree dirties a page per term, and those writes grow with the index. Instead, pending documents
+become a new segment in one batch (`merge`): one row per distinct term, appended at the end of the
+table. Segments are merged in tiers (`fanout` of a level make one of the next), inside SQLite:
+posting lists concatenate as strings, so a merge never decodes them in Python unless it has deleted
+documents to drop. A term lookup is one seek per segment, and the tiers keep segments few.
+
+Why `pending`: a write commits only the document (a few pages); until the batch becomes a segment,
+searches test pending documents one by one with the same predicate percolation uses
+(`dss.index.matcher`), from an in-process cache of their analysed form.
 
 WAL mode: readers keep a consistent snapshot while one writer commits; each thread has a connection.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,21 +41,27 @@ from typing import Any
 
 from dss.index.backend import DocumentRejected, InvalidQuery, SearchUnavailable
 from dss.index.mapping import EMPTY_TEXT_SUFFIX, TEXT_SUFFIX, FieldMap, FieldType, IndexedDoc, analyse
+from dss.index.segment_builder import DOC_WIDTH, MAX_DOC_ROW, Built, Source, build, decode_docs
 from dss.sqlite import immediate
 
 __all__ = ["ReplicaStore", "Fields", "Writer", "sort_key", "sort_values", "values_of_key", "after_key"]
 
 logger = logging.getLogger(__name__)
 
+MAX_CHUNKS = 8  # chunk files attached at once (SQLite allows 10 attached databases)
 _MARKER = "marker"  # the type of the EMPTY_TEXT_SUFFIX pseudo-fields
-_TABLES = ("docs", "fields", "postings", "pending", "subscriptions", "meta")
+_TABLES = ("docs", "fields", "postings", "segments", "deleted", "pending", "subscriptions", "meta")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS {docs} (id INTEGER PRIMARY KEY AUTOINCREMENT, doc_id TEXT NOT NULL UNIQUE,
                                    skey TEXT NOT NULL, source TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS {docs}_skey ON {docs} (skey);
 CREATE TABLE IF NOT EXISTS {fields} (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, type TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS {postings} (field INTEGER NOT NULL, value NOT NULL, doc INTEGER NOT NULL, positions,
-                                       PRIMARY KEY (field, value, doc)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS {postings} (seg INTEGER NOT NULL, field INTEGER NOT NULL, value NOT NULL,
+                                       docs TEXT NOT NULL, positions TEXT,
+                                       PRIMARY KEY (seg, field, value)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS {segments} (id INTEGER PRIMARY KEY AUTOINCREMENT, level INTEGER NOT NULL,
+                                       lo INTEGER NOT NULL, hi INTEGER NOT NULL, docs INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS {deleted} (id INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS {pending} (id INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS {subscriptions} (id TEXT PRIMARY KEY, query TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS {meta} (key TEXT PRIMARY KEY, value);
@@ -152,10 +167,11 @@ class _FieldRegistry:
 class ReplicaStore:
     """One replica's database: connections (one per thread), mapping, pending-document cache."""
 
-    def __init__(self, path: Path, prefix: str, cache_kib: int) -> None:
+    def __init__(self, path: Path, prefix: str, cache_kib: int, fanout: int) -> None:
         self.path = path
         self.tables = {name: f"{prefix}{name}" for name in _TABLES}
         self._cache_kib = cache_kib
+        self.fanout = fanout
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
@@ -167,6 +183,7 @@ class ReplicaStore:
     def _create(self) -> None:
         self.connection().execute("PRAGMA journal_mode = WAL")
         with self.write() as conn:
+            rebuild = self._drop_unsegmented_postings(conn)
             for statement in _SCHEMA.format(**self.tables).split(";"):
                 conn.execute(statement)
             self.registry.add(conn, self.registry.current(conn), dict(FieldMap().items()))
@@ -174,6 +191,19 @@ class ReplicaStore:
             conn.execute(f"INSERT OR IGNORE INTO {self.tables['fields']} (name, type) "
                          f"SELECT name || '{EMPTY_TEXT_SUFFIX}', '{_MARKER}' FROM {self.tables['fields']} "
                          f"WHERE type = '{FieldType.KEYWORD.value}'")
+            if rebuild:  # the segment merger takes it from there
+                conn.execute(f"INSERT OR IGNORE INTO {self.tables['pending']} (id) "
+                             f"SELECT id FROM {self.tables['docs']}")
+
+    def _drop_unsegmented_postings(self, conn: sqlite3.Connection) -> bool:
+        """Databases written before segments existed keep one row per posting: their postings are
+        dropped and rebuilt from the documents (True when that is needed)."""
+        columns = [row[1] for row in conn.execute(f"PRAGMA table_info({self.tables['postings']})")]
+        if not columns or "seg" in columns:
+            return False
+        logger.info("Rebuilding the search index postings of %s in the segmented layout", self.path)
+        conn.execute(f"DROP TABLE {self.tables['postings']}")
+        return True
 
     def connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -204,37 +234,42 @@ class ReplicaStore:
 
     # ----------------------------------------------------------------------- pending documents
 
-    def remember(self, analysed: Mapping[int, IndexedDoc]) -> None:
-        """Cache the analysed form of committed pending documents."""
-        with self._pending_lock:
-            self._pending.update(analysed)
-
-    def cached(self, row: int) -> IndexedDoc | None:
-        return self._pending.get(row)
-
     def forget(self, rows: Sequence[int]) -> None:
         with self._pending_lock:
             for row in rows:
                 self._pending.pop(row, None)
 
-    def pending_docs(self, conn: sqlite3.Connection, fields: Fields) -> dict[int, IndexedDoc]:
-        """The pending documents of this snapshot, analysed (from the cache, or now)."""
-        rows = [row for (row,) in conn.execute(f"SELECT id FROM {self.tables['pending']}")]
+    def deleted_rows(self, conn: sqlite3.Connection) -> frozenset[int]:
+        """Replaced documents whose postings are still in a segment."""
+        return frozenset(row for (row,) in conn.execute(f"SELECT id FROM {self.tables['deleted']}"))
+
+    def pending_docs(self, conn: sqlite3.Connection, fields: Fields) -> tuple[dict[int, IndexedDoc], FieldMap]:
+        """The pending documents of this snapshot, analysed (from the cache, or now), and the mapping
+        extended by the fields they add (they are registered only when the documents are merged)."""
+        rows = [row for (row,) in conn.execute(f"SELECT id FROM {self.tables['pending']} ORDER BY id")]
+        mapping = fields.map
         if not rows:
-            return {}
+            return {}, mapping
         cache = self._pending
-        found = {row: cache[row] for row in rows if row in cache}
-        missing = [row for row in rows if row not in found]
-        if missing:
-            loaded = {row: analyse(json.loads(source), fields.map, doc_id) for row, doc_id, source in conn.execute(
-                f"SELECT id, doc_id, source FROM {self.tables['docs']} WHERE id IN (SELECT value FROM json_each(?))",
-                (json.dumps(missing),))}
-            found.update(loaded)
-            self.remember(loaded)
-        if len(cache) > 2 * len(rows) + 64:
-            with self._pending_lock:  # drop what other processes have merged
+        missing = [row for row in rows if row not in cache]
+        sources = {row: (doc_id, source) for row, doc_id, source in conn.execute(
+            f"SELECT id, doc_id, source FROM {self.tables['docs']} WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(missing),))} if missing else {}
+        found: dict[int, IndexedDoc] = {}
+        for row in rows:  # in the order they were written: the first value of a new field types it
+            doc = cache.get(row)
+            if doc is None:
+                doc_id, source = sources[row]
+                doc = analyse(json.loads(source), mapping, doc_id)
+            added = {name: field_type for name, field_type in doc.new_types.items() if name not in mapping}
+            if added:
+                mapping = mapping.extended(added)
+            found[row] = doc
+        with self._pending_lock:
+            if len(cache) > 2 * len(rows) + 64:  # drop what other processes have merged
                 self._pending = {row: cache[row] for row in rows if row in cache}
-        return found
+            self._pending.update((row, found[row]) for row in missing)
+        return found, mapping
 
     def close(self) -> None:
         with self._connections_lock:
@@ -263,61 +298,27 @@ def _dump(doc: Mapping[str, Any]) -> str:
         raise DocumentRejected(f"the document is not JSON: {error}") from error
 
 
-def _postings(doc: IndexedDoc, ids: Mapping[str, int], row: int) -> list[tuple[Any, ...]]:
-    """The index rows of one document: keywords, numbers, text tokens (with positions), object markers.
-
-    A token equal to one of the field's keyword values in the document (a checksum, a uuid, a one-word
-    value) is not stored again under the `.text` sub-field: the keyword row carries its positions
-    (`dss.index.sql_search` reads `.text` entries as those rows plus the sub-field's own).
-    """
-    rows: list[tuple[Any, ...]] = []
-    tokens = doc.tokens
-    for name, values in doc.keywords.items():
-        field_id = ids[name]
-        field_tokens = tokens.get(name)
-        if field_tokens is None:
-            rows += [(field_id, value, row, None) for value in values]
-            continue
-        for value in values:
-            positions = field_tokens.get(value)
-            rows.append((field_id, value, row, None if positions is None else
-                         positions[0] if len(positions) == 1 else _positions_text(positions)))
-    rows += [(ids[name], number, row, None) for name, numbers in doc.numbers.items() for number in numbers]
-    for name, field_tokens in tokens.items():
-        text_id = ids[name + TEXT_SUFFIX]
-        keywords = doc.keywords.get(name, ())
-        rows += [(text_id, token, row, positions[0] if len(positions) == 1 else _positions_text(positions))
-                 for token, positions in field_tokens.items() if token not in keywords]
-    rows += [(ids[name], "", row, None) for name in doc.objects]
-    rows += [(ids[name + EMPTY_TEXT_SUFFIX], "", row, None) for name in doc.tokenless]
-    return rows
-
-
-def _positions_text(positions: list[int]) -> str:
-    """`encode_positions` of several positions, faster: JSON without spaces."""
-    return "[" + ",".join(map(str, positions)) + "]"
-
-
-def _stale_keys(doc: IndexedDoc, ids: Mapping[str, int], row: int) -> list[tuple[Any, ...]]:
-    """The keys of `_postings`, plus the `.text` keys that indexes written before tokens were stored
-    once in their keyword rows hold for such tokens."""
-    keys = [entry[:3] for entry in _postings(doc, ids, row)]
-    for name, field_tokens in doc.tokens.items():
-        keywords = doc.keywords.get(name, ())
-        text_id = ids[name + TEXT_SUFFIX]
-        keys += [(text_id, token, row) for token in field_tokens if token in keywords]
-    return keys
+@dataclass(frozen=True)
+class _Segment:
+    id: int
+    level: int
+    lo: int  # the range of document rows it holds
+    hi: int
+    docs: int
 
 
 class Writer:
-    """Writes documents inside one write transaction; call `committed()` once it has committed."""
+    """Writes documents inside one write transaction; call `committed()` once it has committed.
+
+    Writing a document stores it as pending, without analysing it: `SegmentWriter` turns pending
+    documents into segments later.
+    """
 
     def __init__(self, store: ReplicaStore, conn: sqlite3.Connection) -> None:
         self.store = store
         self.conn = conn
         self.tables = store.tables
         self.fields = store.registry.current(conn)
-        self._written: dict[int, IndexedDoc] = {}
         self._merged: list[int] = []
 
     def put(self, doc_id: str, doc: Mapping[str, Any]) -> None:
@@ -328,50 +329,207 @@ class Writer:
         old = self.conn.execute(f"SELECT id, source FROM {docs} WHERE doc_id = ?", (doc_id,)).fetchone()
         if old is not None and old[1] == source:
             return  # identical: nothing to rewrite
-        analysed = analyse(doc, self.fields.map, doc_id)
-        if analysed.new_types:
-            self.fields = self.store.registry.add(self.conn, self.fields, analysed.new_types)
         if old is not None:
-            self._drop(old[0], old[1])
+            self._drop(old[0])
         row = self.conn.execute(f"INSERT INTO {docs} (doc_id, skey, source) VALUES (?, ?, ?)",
                                 (doc_id, sort_key(sort_values(doc, doc_id)), source)).lastrowid
         assert row is not None
+        if row > MAX_DOC_ROW:
+            raise SearchUnavailable("the search index has run out of document numbers; rebuild it")
         self.conn.execute(f"INSERT INTO {pending} (id) VALUES (?)", (row,))
-        self._written[row] = analysed
 
-    def _drop(self, row: int, source: str) -> None:
-        """Remove a replaced document; its postings too, if it had been merged."""
+    def _drop(self, row: int) -> None:
+        """Remove a replaced document. A merged one is listed as deleted until its segment is rewritten."""
         was_pending = self.conn.execute(f"DELETE FROM {self.tables['pending']} WHERE id = ?", (row,)).rowcount
-        self._written.pop(row, None)
         if not was_pending:
-            stale = _stale_keys(analyse(json.loads(source), self.fields.map), self.fields.ids, row)
-            self.conn.executemany(f"DELETE FROM {self.tables['postings']} WHERE field = ? AND value = ? AND doc = ?",
-                                  stale)
+            self.conn.execute(f"INSERT OR IGNORE INTO {self.tables['deleted']} (id) VALUES (?)", (row,))
         self.conn.execute(f"DELETE FROM {self.tables['docs']} WHERE id = ?", (row,))
 
     def pending_count(self) -> int:
         return self.conn.execute(f"SELECT count(*) FROM {self.tables['pending']}").fetchone()[0]
 
-    def merge(self) -> int:
-        """Move every pending document's postings into the index."""
-        rows = [row for (row,) in self.conn.execute(f"SELECT id FROM {self.tables['pending']} ORDER BY id")]
-        if not rows:
-            return 0
-        cache = {row: self.store.cached(row) or self._written.get(row) for row in rows}
-        missing = [row for row, doc in cache.items() if doc is None]
-        if missing:
-            for row, doc_id, source in self.conn.execute(
-                    f"SELECT id, doc_id, source FROM {self.tables['docs']} "
-                    "WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(missing),)):
-                cache[row] = analyse(json.loads(source), self.fields.map, doc_id)
-        entries = [entry for row in rows for entry in _postings(cache[row], self.fields.ids, row)]  # type: ignore
-        self.conn.executemany(f"INSERT INTO {self.tables['postings']} (field, value, doc, positions) "
-                              "VALUES (?, ?, ?, ?)", entries)
-        self.conn.execute(f"DELETE FROM {self.tables['pending']}")
-        self._merged.extend(rows)
-        return len(rows)
+    def field_types(self) -> dict[str, str]:
+        return {name: field_type.value for name, field_type in self.fields.map.items()}
 
     def committed(self) -> None:
-        merged = set(self._merged)
-        self.store.remember({row: doc for row, doc in self._written.items() if row not in merged})
         self.store.forget(self._merged)
+
+
+class SegmentWriter:
+    """Adds and merges segments, holding the write lock only to copy finished rows in.
+
+    Each step groups its rows into the scratch table `scratch.segment` (a file in `directory`) while
+    reading a snapshot of the index, then copies them, already sorted, in one short write
+    transaction, so that documents can be written meanwhile. Segments change only here, and one
+    SegmentWriter works on a replica at a time (`dss.index.merging` holds a lock), so a snapshot's
+    segments are still there when their merge is copied in. Use it from one thread; `close()` it.
+    """
+
+    def __init__(self, store: ReplicaStore, directory: Path) -> None:
+        self.store = store
+        self.tables = store.tables
+        self.directory = directory
+        self.conn = store.connection()
+        self.conn.execute("ATTACH DATABASE ? AS scratch", (str(directory / "segment.sqlite3"),))
+        self.conn.execute("PRAGMA scratch.journal_mode = OFF")  # rebuilt from the index if lost
+        self.conn.execute("PRAGMA scratch.synchronous = OFF")
+        self.merged: list[int] = []
+
+    def close(self) -> None:
+        self.conn.execute("DETACH DATABASE scratch")
+        self.store.forget(self.merged)
+
+    # --------------------------------------------------------------------------- new segments
+
+    def add(self, chunks: Sequence[Built]) -> int:
+        """Add built chunks of pending documents as one new segment; returns how many documents it has.
+
+        Documents no longer pending when it starts (replaced meanwhile) are left out, their chunks
+        rebuilt; those replaced while it runs are listed as deleted, as their postings are in it."""
+        if len(chunks) > MAX_CHUNKS:
+            raise ValueError(f"at most {MAX_CHUNKS} chunks make one segment")
+        with self.store.write() as conn:
+            writer = Writer(self.store, conn)
+            still = self._pending(conn, [row for chunk in chunks for row, _, _ in chunk.docs])
+            ready = [built for built in (self._claim(writer, chunk, still) for chunk in chunks) if built is not None]
+        if not still:
+            return 0
+        aliases = []
+        try:
+            for number, built in enumerate(ready):
+                self.conn.execute(f"ATTACH DATABASE ? AS chunk{number}", (str(built.path),))
+                aliases.append(f"chunk{number}")
+            rows = " UNION ALL ".join(f"SELECT field, value, docs, positions FROM {alias}.rows" for alias in aliases)
+            # Chunks share terms: one list per term, concatenated (aligned with its positions, as both
+            # aggregates see a group's rows in one order).
+            self._group(f"SELECT fields.id, built.value, group_concat(built.docs, ''), "
+                        f"group_concat(built.positions, ',') FROM ({rows}) AS built "
+                        f"JOIN {self.tables['fields']} AS fields ON fields.name = built.field "
+                        "GROUP BY fields.id, built.value ORDER BY fields.id, built.value")
+        finally:
+            for alias in aliases:
+                self.conn.execute(f"DETACH DATABASE {alias}")
+            for built in ready:
+                built.path.unlink(missing_ok=True)
+        with self.store.write() as conn:
+            now = self._pending(conn, sorted(still))
+            self._copy(conn, 0, min(still), max(still), len(still))
+            conn.execute(f"DELETE FROM {self.tables['pending']} WHERE id IN (SELECT value FROM json_each(?))",
+                         (json.dumps(sorted(now)),))
+            conn.execute(f"INSERT OR IGNORE INTO {self.tables['deleted']} (id) SELECT value FROM json_each(?)",
+                         (json.dumps(sorted(still - now)),))
+        self.merged.extend(now)
+        return len(still)
+
+    def _pending(self, conn: sqlite3.Connection, rows: list[int]) -> set[int]:
+        return {row for (row,) in conn.execute(
+            f"SELECT id FROM {self.tables['pending']} WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(rows),))}
+
+    def _claim(self, writer: Writer, built: Built, still: set[int]) -> Built | None:
+        """The chunk as it must be added (rebuilt if its documents or its typing changed); registers
+        the fields it adds."""
+        if any(row not in still for row, _, _ in built.docs):
+            built.path.unlink(missing_ok=True)
+            docs = [doc for doc in built.docs if doc[0] in still]
+            if not docs:
+                return None
+            built = build(writer.field_types(), docs, self.directory)
+        elif any(writer.fields.map.get(name) not in (None, FieldType(value))
+                 for name, value in built.new_types.items()):
+            built.path.unlink(missing_ok=True)  # an earlier chunk typed one of its new fields otherwise
+            built = build(writer.field_types(), built.docs, self.directory)
+        added = {name: FieldType(value) for name, value in built.new_types.items() if name not in writer.fields.map}
+        if added:
+            writer.fields = self.store.registry.add(writer.conn, writer.fields, added)
+        return built
+
+    def _group(self, select: str) -> None:
+        """`scratch.segment` := the rows of `select` (field, value, docs, positions), in key order,
+        computed over a snapshot of the index."""
+        with self.store.read() as (conn, _):
+            conn.execute("DROP TABLE IF EXISTS scratch.segment")
+            conn.execute("CREATE TABLE scratch.segment (field INTEGER, value, docs TEXT, positions TEXT)")
+            conn.execute(f"INSERT INTO scratch.segment {select}")
+
+    def _copy(self, conn: sqlite3.Connection, level: int, lo: int, hi: int, docs: int) -> int:
+        """A new segment with the rows of `scratch.segment` (appended in key order)."""
+        segment = conn.execute(f"INSERT INTO {self.tables['segments']} (level, lo, hi, docs) VALUES (?, ?, ?, ?)",
+                               (level, lo, hi, docs)).lastrowid
+        assert segment is not None
+        conn.execute(f"INSERT INTO {self.tables['postings']} (seg, field, value, docs, positions) "
+                     f"SELECT {int(segment)}, field, value, docs, positions FROM scratch.segment ORDER BY rowid")
+        return segment
+
+    # ------------------------------------------------------------------------------- compaction
+
+    def compact(self) -> None:
+        """Tiered merging: `fanout` segments of one level become one of the next level; a segment with
+        a quarter of its documents deleted is rewritten alone."""
+        while (plan := self._plan()) is not None:
+            self._merge(*plan)
+
+    def _plan(self) -> tuple[list[_Segment], int] | None:
+        with self.store.read() as (conn, _):
+            segments = [_Segment(*row) for row in conn.execute(
+                f"SELECT id, level, lo, hi, docs FROM {self.tables['segments']} ORDER BY id")]
+            deleted = [row for (row,) in conn.execute(f"SELECT id FROM {self.tables['deleted']}")]
+        for segment in segments if deleted else ():
+            gone = sum(1 for row in deleted if segment.lo <= row <= segment.hi)
+            if gone and 4 * gone >= segment.docs:
+                return [segment], segment.level
+        levels: dict[int, list[_Segment]] = {}
+        for segment in segments:
+            levels.setdefault(segment.level, []).append(segment)
+        full = [level for level, members in sorted(levels.items()) if len(members) >= self.store.fanout]
+        return (levels[full[0]], full[0] + 1) if full else None
+
+    def _merge(self, segments: list[_Segment], level: int) -> None:
+        """Replace `segments` by one at `level`: posting lists of a term concatenated, deleted documents
+        left out. The concatenation is SQLite's: documents are fixed-width codes, positions a list,
+        and both aggregates see a group's rows in the same order, so they stay aligned."""
+        inputs = ",".join(str(segment.id) for segment in segments)
+        with self.store.read() as (conn, _):
+            purged = sorted(row for (row,) in conn.execute(f"SELECT id FROM {self.tables['deleted']}")
+                            if any(s.lo <= row <= s.hi for s in segments))
+        docs_sql, positions_sql = "group_concat(docs, '')", "group_concat(positions, ',')"
+        if purged:
+            _register_purge(self.conn, set(purged))
+            docs_sql, positions_sql = f"dss_purge_docs({docs_sql})", f"dss_purge_positions({docs_sql}, {positions_sql})"
+        self._group(f"SELECT field, value, {docs_sql} AS merged, {positions_sql} FROM {self.tables['postings']} "
+                    f"WHERE seg IN ({inputs}) GROUP BY field, value HAVING merged <> '' ORDER BY field, value")
+        with self.store.write() as conn:
+            segment = self._copy(conn, level, min(s.lo for s in segments), max(s.hi for s in segments),
+                                 sum(s.docs for s in segments) - len(purged))
+            conn.execute(f"DELETE FROM {self.tables['postings']} WHERE seg IN ({inputs})")
+            conn.execute(f"DELETE FROM {self.tables['segments']} WHERE id IN ({inputs})")
+            conn.execute(f"DELETE FROM {self.tables['deleted']} WHERE id IN (SELECT value FROM json_each(?))",
+                         (json.dumps(purged),))
+        logger.debug("Merged segments %s into segment %s (level %d)", inputs, segment, level)
+
+
+def read_pending(conn: sqlite3.Connection, tables: Mapping[str, str], limit: int) -> list[Source]:
+    return conn.execute(f"SELECT id, doc_id, source FROM {tables['docs']} WHERE id IN "
+                        f"(SELECT id FROM {tables['pending']} ORDER BY id LIMIT ?) ORDER BY id", (limit,)).fetchall()
+
+
+def _register_purge(conn: sqlite3.Connection, purged: set[int]) -> None:
+    """SQL functions that drop the documents in `purged` from a posting list and its positions."""
+    def kept(docs: str) -> list[bool]:
+        return [row not in purged for row in decode_docs(docs)]
+
+    def purge_docs(docs: str) -> str:
+        keep = kept(docs)
+        if all(keep):
+            return docs
+        return "".join(docs[i * DOC_WIDTH:(i + 1) * DOC_WIDTH] for i, flag in enumerate(keep) if flag)
+
+    def purge_positions(docs: str, positions: str | None) -> str | None:
+        keep = kept(docs)
+        if positions is None or all(keep):
+            return positions
+        entries = json.loads("[" + positions + "]")
+        return ",".join(json.dumps(entry, separators=(",", ":")) for entry, flag in zip(entries, keep) if flag)
+
+    conn.create_function("dss_purge_docs", 1, purge_docs, deterministic=True)
+    conn.create_function("dss_purge_positions", 2, purge_positions, deterministic=True)
