@@ -93,7 +93,7 @@ class EmbeddedSearchIndex(SearchIndex):
                     raise SearchUnavailable(f"cannot open the search index at {path}: {error}") from error
                 self._percolators[replica] = Percolator()
                 merger = self._mergers[replica] = SegmentMerger(
-                    self._stores[replica], path.with_name(f"{path.name}.{replica}.merge-lock"),
+                    self._stores[replica], path.with_name(f"{path.name}.{replica}.lock"),
                     threshold=self._merge_threshold, background=self._background)
                 merger.written(merger.pending())  # left by a previous run, or an older layout
             return self._stores[replica]
@@ -117,9 +117,10 @@ class EmbeddedSearchIndex(SearchIndex):
         return count
 
     def refresh(self, replica: str) -> None:
-        """Add the postings of every pending document now (searches see them either way)."""
+        """Add the postings of every pending document now, and compact the segments (searches see
+        pending documents either way)."""
         self._store(replica)
-        self._mergers[replica].merge()
+        self._mergers[replica].refresh()
 
     def get(self, replica: str, doc_id: str) -> dict[str, Any] | None:
         store = self._store(replica)

@@ -3,24 +3,25 @@
 A write only stores the document as pending (`dss.index.sqlite_store.Writer.put`). A merger thread
 picks pending documents up once there are `threshold` of them (or after `idle` seconds without
 reaching it), has them built on every core (`dss.index.segment_builder`) outside any transaction,
-and adds every few built chunks as one new segment in a short write transaction, while the next
-chunks are still being built. Then it compacts the segments.
+and adds every few built chunks as one new segment in a short write transaction.
 
-Several processes may serve one index: an exclusive lock on a file beside the database lets one of
-them merge at a time (the others' mergers wait for it); the operating system releases it if the
-holder dies. If writes outpace merging, writers wait once `backlog` documents are pending, so that
-searches, which test pending documents one by one, stay fast.
+Compaction (merging segments, `SegmentWriter.compact`) runs in a thread of its own, so that a long
+merge of large segments does not hold up new ones. Several processes may serve one index: exclusive
+locks on files beside the database let one of them add segments and one compact at a time (the
+others wait); the operating system releases them if the holder dies. If writes outpace merging,
+writers wait once `backlog` documents are pending, so that searches, which test pending documents
+one by one, stay fast.
 """
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import logging
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 from dss.index.segment_builder import Built, build_all
 from dss.index.sqlite_store import MAX_CHUNKS, ReplicaStore, SegmentWriter, read_pending
@@ -40,13 +41,13 @@ class SegmentMerger:
         self.background = background
         self.idle = idle
         self.backlog = backlog if backlog is not None else max(16 * threshold, 2048)
-        self._lock_path = lock_path
-        self._lock = threading.Lock()  # one merge at a time in this process
-        self._thread_lock = threading.Lock()
-        self._wake = threading.Event()
+        self._merging = _Exclusive(lock_path.with_name(lock_path.name + ".merge"))
+        self._compacting = _Exclusive(lock_path.with_name(lock_path.name + ".compact"))
         self._progress = threading.Condition()
         self._stopped = False
-        self._thread: threading.Thread | None = None
+        # adding segments and merging them run apart: a long merge must not hold up new segments
+        self._merger = _Loop("dss-index-merger", idle, lambda woken: self.merge(drain=not woken))
+        self._compactor = _Loop("dss-index-compactor", idle, lambda _: self.compact())
 
     # ------------------------------------------------------------------------------ after writes
 
@@ -56,9 +57,9 @@ class SegmentMerger:
             if pending >= self.threshold:
                 self.merge(drain=False)
             return
-        self._start()  # even below the threshold: what is pending gets merged once writes pause
+        self._merger.start()  # even below the threshold: what is pending gets merged once writes pause
         if pending >= self.threshold:
-            self._wake.set()
+            self._merger.wake()
         if pending > self.backlog:
             self._wait_below(self.backlog)
 
@@ -73,10 +74,15 @@ class SegmentMerger:
 
     # ----------------------------------------------------------------------------------- merging
 
+    def refresh(self) -> None:
+        """Every pending document into segments, and the segments compacted, now."""
+        self.merge()
+        self.compact()
+
     def merge(self, *, drain: bool = True) -> int:
-        """Merge pending documents now: all of them (`drain`), or while at least `threshold` are."""
+        """Add pending documents as segments now: all of them (`drain`), or while at least `threshold` are."""
         merged = 0
-        with self._exclusive(), tempfile.TemporaryDirectory(prefix="dss-segment-") as scratch:
+        with self._merging, tempfile.TemporaryDirectory(prefix="dss-segment-") as scratch:
             segments = SegmentWriter(self.store, Path(scratch))
             try:
                 while not self._stopped or drain:
@@ -99,29 +105,81 @@ class SegmentMerger:
 
     def _add(self, segments: SegmentWriter, chunks: list[Built]) -> int:
         added = segments.add(chunks)
-        segments.compact()
+        if self.background:
+            self._compactor.start()
+            self._compactor.wake()
+        else:
+            segments.compact()
         with self._progress:
             self._progress.notify_all()
         return added
 
-    @contextlib.contextmanager
-    def _exclusive(self) -> Iterator[None]:
-        with self._lock, open(self._lock_path, "a+b") as lock_file:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
+    def compact(self) -> None:
+        with self._compacting, tempfile.TemporaryDirectory(prefix="dss-segment-") as scratch:
+            segments = SegmentWriter(self.store, Path(scratch))
             try:
-                yield
+                segments.compact()
             finally:
-                fcntl.flock(lock_file, fcntl.LOCK_UN)
+                segments.close()
 
-    # ------------------------------------------------------------------------------------ thread
+    def stop(self) -> None:
+        self._stopped = True
+        with self._progress:
+            self._progress.notify_all()
+        self._merger.stop()
+        self._compactor.stop()
 
-    def _start(self) -> None:
+
+class _Exclusive:
+    """One holder at a time: a thread of this process, holding an exclusive lock on a file that
+    other processes lock too (the operating system releases it if the holder dies)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._file: IO[bytes] | None = None
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        try:
+            self._file = open(self.path, "a+b")  # noqa: SIM115 - held until __exit__
+            fcntl.flock(self._file, fcntl.LOCK_EX)
+        except BaseException:
+            self._release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing releases the lock
+            self._file = None
+        self._lock.release()
+
+
+class _Loop:
+    """A daemon thread that runs `work(woken)` when woken, or after `idle` seconds (woken False)."""
+
+    def __init__(self, name: str, idle: float, work: Callable[[bool], object]) -> None:
+        self.name = name
+        self.idle = idle
+        self.work = work
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
         if self._thread is not None:
             return
-        with self._thread_lock:
+        with self._lock:
             if self._thread is None and not self._stopped:
-                self._thread = threading.Thread(target=self._run, name="dss-index-merger", daemon=True)
+                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                 self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
 
     def _run(self) -> None:
         while not self._stopped:
@@ -130,16 +188,14 @@ class SegmentMerger:
             if self._stopped:
                 break
             try:
-                self.merge(drain=not woken)  # idle: whatever is pending, however few
+                self.work(woken)
             except Exception:  # noqa: BLE001 - the thread must survive; the next round retries
-                logger.exception("Merging pending search documents failed")
+                logger.exception("%s failed", self.name)
                 time.sleep(self.idle)
 
     def stop(self) -> None:
-        with self._thread_lock:
+        with self._lock:
             self._stopped = True
         self._wake.set()
-        with self._progress:
-            self._progress.notify_all()
         if self._thread is not None:
             self._thread.join()
