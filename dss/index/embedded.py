@@ -56,7 +56,7 @@ class EmbeddedSearchIndex(SearchIndex):
     """
 
     def __init__(self, path: str | Path, *, cache_mib: int = 64, merge_threshold: int = 128,
-                 segment_fanout: int = 16, merge_in_background: bool = True,
+                 segment_fanout: int = 32, merge_in_background: bool = True,
                  clock: Callable[[], int] = current_millis) -> None:
         if merge_threshold < 1:
             raise ValueError("merge_threshold must be at least 1")

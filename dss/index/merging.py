@@ -3,7 +3,7 @@
 A write only stores the document as pending (`dss.index.sqlite_store.Writer.put`). A merger thread
 picks pending documents up once there are `threshold` of them (or after `idle` seconds without
 reaching it), has them built on every core (`dss.index.segment_builder`) outside any transaction,
-and adds every few built chunks as one new segment in a short write transaction.
+and adds each built chunk as a new segment in a short write transaction.
 
 Compaction (merging segments, `SegmentWriter.compact`) runs in a thread of its own, so that a long
 merge of large segments does not hold up new ones. Several processes may serve one index: exclusive
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from dss.index.segment_builder import Built, build_all
-from dss.index.sqlite_store import MAX_CHUNKS, ReplicaStore, SegmentWriter, read_pending
+from dss.index.sqlite_store import ReplicaStore, SegmentWriter, read_pending
 
 __all__ = ["SegmentMerger"]
 
@@ -91,20 +91,14 @@ class SegmentMerger:
                         types = {name: field_type.value for name, field_type in fields.map.items()}
                     if not sources or (not drain and len(sources) < self.threshold):
                         break
-                    done: list[Built] = []
                     for built in build_all(types, sources, Path(scratch)):
-                        done.append(built)
-                        if len(done) == MAX_CHUNKS:
-                            merged += self._add(segments, done)
-                            done = []
-                    if done:
-                        merged += self._add(segments, done)
+                        merged += self._add(segments, built)
             finally:
                 segments.close()
         return merged
 
-    def _add(self, segments: SegmentWriter, chunks: list[Built]) -> int:
-        added = segments.add(chunks)
+    def _add(self, segments: SegmentWriter, built: Built) -> int:
+        added = segments.add(built)
         if self.background:
             self._compactor.start()
             self._compactor.wake()

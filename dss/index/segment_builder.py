@@ -45,7 +45,7 @@ MAX_DOC_ROW = 16 ** DOC_WIDTH - 1
 _SWAP = sys.byteorder == "little"  # codes are big-endian, so that their text order is their numeric order
 assert array("I").itemsize * 2 == DOC_WIDTH
 _PARALLEL_MIN = 64  # documents below which a batch is built in-process
-CHUNK = 128  # documents per built chunk
+CHUNK = 128  # documents per built chunk, and per new segment
 Source = tuple[int, str, str]  # document row, document id, source JSON
 Row = tuple[str, Any, str, str | None]  # field name, term, document codes, positions
 

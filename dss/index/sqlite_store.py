@@ -48,7 +48,6 @@ __all__ = ["ReplicaStore", "Fields", "Writer", "sort_key", "sort_values", "value
 
 logger = logging.getLogger(__name__)
 
-MAX_CHUNKS = 8  # chunk files attached at once (SQLite allows 10 attached databases)
 _MARKER = "marker"  # the type of the EMPTY_TEXT_SUFFIX pseudo-fields
 _TABLES = ("docs", "fields", "postings", "segments", "deleted", "pending", "subscriptions", "meta")
 _SCHEMA = """
@@ -358,11 +357,12 @@ class Writer:
 class SegmentWriter:
     """Adds and merges segments, holding the write lock only to copy finished rows in.
 
-    Each step groups its rows into the scratch table `scratch.segment` (a file in `directory`) while
-    reading a snapshot of the index, then copies them, already sorted, in one short write
-    transaction, so that documents can be written meanwhile. Segments change only here, and one
-    SegmentWriter works on a replica at a time (`dss.index.merging` holds a lock), so a snapshot's
-    segments are still there when their merge is copied in. Use it from one thread; `close()` it.
+    A new segment's rows come grouped from its builder. A merge of segments groups their rows into
+    the scratch table `scratch.segment` (a file in `directory`) while reading a snapshot of the
+    index, then copies them, already sorted, in one short write transaction, so that documents can
+    be written meanwhile. Segments are merged only here, and one SegmentWriter compacts a replica at
+    a time (`dss.index.merging` holds a lock), so a snapshot's segments are still there when their
+    merge is copied in. Use it from one thread; `close()` it.
     """
 
     def __init__(self, store: ReplicaStore, directory: Path) -> None:
@@ -381,43 +381,33 @@ class SegmentWriter:
 
     # --------------------------------------------------------------------------- new segments
 
-    def add(self, chunks: Sequence[Built]) -> int:
-        """Add built chunks of pending documents as one new segment; returns how many documents it has.
+    def add(self, built: Built) -> int:
+        """Add a built chunk of pending documents as a new segment; returns how many documents it has.
 
-        Documents no longer pending when it starts (replaced meanwhile) are left out, their chunks
-        rebuilt; those replaced while it runs are listed as deleted, as their postings are in it."""
-        if len(chunks) > MAX_CHUNKS:
-            raise ValueError(f"at most {MAX_CHUNKS} chunks make one segment")
+        Documents no longer pending when it starts (replaced meanwhile) are left out, the chunk
+        rebuilt; those replaced while it runs are listed as deleted, as their postings are in it.
+        The rows are copied as the builder left them (grouped by term, in no particular order):
+        sorting them first would cost more than inserting them into the segment's own key range."""
         with self.store.write() as conn:
             writer = Writer(self.store, conn)
-            still = self._pending(conn, [row for chunk in chunks for row, _, _ in chunk.docs])
-            ready = [built for built in (self._claim(writer, chunk, still) for chunk in chunks) if built is not None]
-        if not still:
+            still = self._pending(conn, [row for row, _, _ in built.docs])
+            ready = self._claim(writer, built, still)
+        if ready is None:
             return 0
-        aliases = []
+        self.conn.execute("ATTACH DATABASE ? AS chunk", (str(ready.path),))
         try:
-            for number, built in enumerate(ready):
-                self.conn.execute(f"ATTACH DATABASE ? AS chunk{number}", (str(built.path),))
-                aliases.append(f"chunk{number}")
-            rows = " UNION ALL ".join(f"SELECT field, value, docs, positions FROM {alias}.rows" for alias in aliases)
-            # Chunks share terms: one list per term, concatenated (aligned with its positions, as both
-            # aggregates see a group's rows in one order).
-            self._group(f"SELECT fields.id, built.value, group_concat(built.docs, ''), "
-                        f"group_concat(built.positions, ',') FROM ({rows}) AS built "
-                        f"JOIN {self.tables['fields']} AS fields ON fields.name = built.field "
-                        "GROUP BY fields.id, built.value ORDER BY fields.id, built.value")
+            with self.store.write() as conn:
+                now = self._pending(conn, sorted(still))
+                self._copy(conn, 0, min(still), max(still), len(still),
+                           f"SELECT fields.id, built.value, built.docs, built.positions FROM chunk.rows AS built "
+                           f"JOIN {self.tables['fields']} AS fields ON fields.name = built.field")
+                conn.execute(f"DELETE FROM {self.tables['pending']} WHERE id IN (SELECT value FROM json_each(?))",
+                             (json.dumps(sorted(now)),))
+                conn.execute(f"INSERT OR IGNORE INTO {self.tables['deleted']} (id) SELECT value FROM json_each(?)",
+                             (json.dumps(sorted(still - now)),))
         finally:
-            for alias in aliases:
-                self.conn.execute(f"DETACH DATABASE {alias}")
-            for built in ready:
-                built.path.unlink(missing_ok=True)
-        with self.store.write() as conn:
-            now = self._pending(conn, sorted(still))
-            self._copy(conn, 0, min(still), max(still), len(still))
-            conn.execute(f"DELETE FROM {self.tables['pending']} WHERE id IN (SELECT value FROM json_each(?))",
-                         (json.dumps(sorted(now)),))
-            conn.execute(f"INSERT OR IGNORE INTO {self.tables['deleted']} (id) SELECT value FROM json_each(?)",
-                         (json.dumps(sorted(still - now)),))
+            self.conn.execute("DETACH DATABASE chunk")
+            ready.path.unlink(missing_ok=True)
         self.merged.extend(now)
         return len(still)
 
@@ -452,13 +442,15 @@ class SegmentWriter:
             conn.execute("CREATE TABLE scratch.segment (field INTEGER, value, docs TEXT, positions TEXT)")
             conn.execute(f"INSERT INTO scratch.segment {select}")
 
-    def _copy(self, conn: sqlite3.Connection, level: int, lo: int, hi: int, docs: int) -> int:
-        """A new segment with the rows of `scratch.segment` (appended in key order)."""
+    def _copy(self, conn: sqlite3.Connection, level: int, lo: int, hi: int, docs: int,
+              select: str = "SELECT field, value, docs, positions FROM scratch.segment ORDER BY rowid") -> int:
+        """A new segment with the rows (field id, value, docs, positions) of `select`: by default
+        those of `scratch.segment`, appended in key order."""
         segment = conn.execute(f"INSERT INTO {self.tables['segments']} (level, lo, hi, docs) VALUES (?, ?, ?, ?)",
                                (level, lo, hi, docs)).lastrowid
         assert segment is not None
         conn.execute(f"INSERT INTO {self.tables['postings']} (seg, field, value, docs, positions) "
-                     f"SELECT {int(segment)}, field, value, docs, positions FROM scratch.segment ORDER BY rowid")
+                     f"SELECT {int(segment)}, * FROM ({select})")
         return segment
 
     # ------------------------------------------------------------------------------- compaction
