@@ -216,3 +216,26 @@ def test_indexes_in_the_old_layout_are_rebuilt(tmp_path: Path, documents: list[A
         index.refresh(REPLICA)
         assert _table_count(database, "pending") == 0
         assert len(_ids(index, {"term": {ORGAN: "brain"}})) == brain
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_tokens_stored_as_keywords_behave_as_tokens(tmp_path: Path, background: bool) -> None:
+    """A one-word value is stored once, as a keyword: `.text` queries must still see it as a token,
+    and never see a keyword that is not a token."""
+    docs = [("a.1", {"uuid": "a", "sha": "ABC123", "tags": ["blood", "liver cell"], "name": "homo sapiens"}),
+            ("b.1", {"uuid": "b", "sha": "abc124", "tags": ["liver", "blood"], "name": "homo"})]
+    with open_search_index(f"sqlite://{tmp_path}/search", merge_threshold=1,
+                           merge_in_background=background) as index:
+        index.index_many(REPLICA, docs)
+        index.refresh(REPLICA)
+        assert _ids(index, {"match": {"sha.text": "abc123"}}) == ["a.1"]
+        assert _ids(index, {"prefix": {"sha.text": "abc12"}}) == ["b.1", "a.1"]
+        assert _ids(index, {"wildcard": {"sha.text": "*124"}}) == ["b.1"]
+        assert _ids(index, {"range": {"sha.text": {"gte": "abc123", "lt": "abc124"}}}) == ["a.1"]
+        assert _ids(index, {"match_phrase": {"tags.text": "blood liver"}}) == []  # another value of the field
+        assert _ids(index, {"match_phrase": {"tags.text": "liver cell"}}) == ["a.1"]
+        assert _ids(index, {"match_phrase": {"name.text": "homo sapiens"}}) == ["a.1"]
+        assert _ids(index, {"term": {"name.text": "homo sapiens"}}) == []  # a keyword, not a token
+        assert _ids(index, {"prefix": {"name.text": "homo s"}}) == []
+        assert _ids(index, {"term": {"name.text": "homo"}}) == ["b.1", "a.1"]
+        assert _ids(index, {"match": {"tags.text": "blood"}}) == ["b.1", "a.1"]

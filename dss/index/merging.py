@@ -31,6 +31,7 @@ __all__ = ["SegmentMerger"]
 logger = logging.getLogger(__name__)
 
 _BATCH = 4096  # pending documents read (and sent to the builders) at a time
+_BACKLOG_PATIENCE = 60.0  # seconds a writer waits for merging to catch up
 
 
 class SegmentMerger:
@@ -64,7 +65,13 @@ class SegmentMerger:
             self._wait_below(self.backlog)
 
     def _wait_below(self, limit: int) -> None:
+        """Hold the writer while merging catches up, but not for ever: a merger that keeps failing
+        must not stop writes (searches get slower instead, and the failure is logged)."""
+        deadline = time.monotonic() + _BACKLOG_PATIENCE
         while not self._stopped and self.pending() > limit:
+            if time.monotonic() > deadline:
+                logger.warning("%d search documents are waiting to be merged; writing on", self.pending())
+                return
             with self._progress:
                 self._progress.wait(timeout=1.0)
 

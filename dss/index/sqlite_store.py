@@ -14,11 +14,12 @@ Tables:
 * `subscriptions` and `meta` for the percolator.
 
 Why segments: an inverted index spreads a document over hundreds of terms. Adding them to one big
-B-tree dirties a page per term, and those writes grow with the index. Instead, pending documents
-become a new segment in one batch (`merge`): one row per distinct term, appended at the end of the
-table. Segments are merged in tiers (`fanout` of a level make one of the next), inside SQLite:
-posting lists concatenate as strings, so a merge never decodes them in Python unless it has deleted
-documents to drop. A term lookup is one seek per segment, and the tiers keep segments few.
+B-tree dirties a page per term, and those writes grow with the index. Instead, a batch of pending
+documents becomes a new segment (`SegmentWriter.add`): one row per distinct term, in a key range
+of its own at the end of the table. Segments are merged in tiers (`fanout` of a level make one of
+the next), inside SQLite: posting lists concatenate as strings, so a merge never decodes them in
+Python unless it has deleted documents to drop. A term lookup is one seek per segment, and the
+tiers keep segments few.
 
 Why `pending`: a write commits only the document (a few pages); until the batch becomes a segment,
 searches test pending documents one by one with the same predicate percolation uses
