@@ -39,4 +39,5 @@ def reindex(replicas: Replicas, search: SearchIndex, replica: Replica, manifest_
             handler(Event(replica.value, key))
         count += 1
         progress(1)
+    search.refresh(replica.value)  # leave it searchable without pending work (this process is about to end)
     return count

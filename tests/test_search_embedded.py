@@ -239,3 +239,28 @@ def test_tokens_stored_as_keywords_behave_as_tokens(tmp_path: Path, background: 
         assert _ids(index, {"prefix": {"name.text": "homo s"}}) == []
         assert _ids(index, {"term": {"name.text": "homo"}}) == ["b.1", "a.1"]
         assert _ids(index, {"match": {"tags.text": "blood"}}) == ["b.1", "a.1"]
+
+
+def test_two_indexes_on_one_directory_share_it(tmp_path: Path, documents: list[Any]) -> None:
+    """As several server processes do: each has its merger; the lock files let one merge at a time."""
+    first = open_search_index(f"sqlite://{tmp_path}/search", merge_threshold=8)
+    second = open_search_index(f"sqlite://{tmp_path}/search", merge_threshold=8)
+    try:
+        writers = [threading.Thread(target=index.index_many, args=(REPLICA, documents[n::2]))
+                   for n, index in enumerate((first, second))]
+        for thread in writers:
+            thread.start()
+        for thread in writers:
+            thread.join()
+        first.refresh(REPLICA)
+        second.refresh(REPLICA)
+        liver = sum(doc["files"]["specimen_from_organism_json"][0]["organ"]["text"] == "liver" for _, doc in documents)
+        for index in (first, second):
+            assert index.search(REPLICA, {"query": {"match_all": {}}}, size=0).total == len(documents)
+            assert len(_ids(index, {"term": {ORGAN: "liver"}})) == liver
+        assert _table_count(tmp_path / "search" / f"{REPLICA}.sqlite3", "pending") == 0
+    finally:
+        started = time.monotonic()
+        first.close()
+        second.close()
+        assert time.monotonic() - started < 10

@@ -42,8 +42,8 @@ class SegmentMerger:
         self.background = background
         self.idle = idle
         self.backlog = backlog if backlog is not None else max(16 * threshold, 2048)
-        self._merging = _Exclusive(lock_path.with_name(lock_path.name + ".merge"))
-        self._compacting = _Exclusive(lock_path.with_name(lock_path.name + ".compact"))
+        self._merging = _Exclusive(lock_path.with_name(lock_path.name + ".merge"), lambda: self._stopped)
+        self._compacting = _Exclusive(lock_path.with_name(lock_path.name + ".compact"), lambda: self._stopped)
         self._progress = threading.Condition()
         self._stopped = False
         # adding segments and merging them run apart: a long merge must not hold up new segments
@@ -131,12 +131,19 @@ class SegmentMerger:
         self._compactor.stop()
 
 
+class Stopped(Exception):
+    """The merger stopped while waiting for its turn."""
+
+
 class _Exclusive:
     """One holder at a time: a thread of this process, holding an exclusive lock on a file that
-    other processes lock too (the operating system releases it if the holder dies)."""
+    other processes lock too (the operating system releases it if the holder dies). Waiting for
+    another process ends with `Stopped` once `stopped()` is true, so that shutting down never
+    waits for another process's merge."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, stopped: Callable[[], bool]) -> None:
         self.path = path
+        self.stopped = stopped
         self._lock = threading.Lock()
         self._file: IO[bytes] | None = None
 
@@ -144,7 +151,14 @@ class _Exclusive:
         self._lock.acquire()
         try:
             self._file = open(self.path, "a+b")  # noqa: SIM115 - held until __exit__
-            fcntl.flock(self._file, fcntl.LOCK_EX)
+            while True:
+                try:
+                    fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return
+                except BlockingIOError:
+                    if self.stopped():
+                        raise Stopped() from None
+                    time.sleep(0.05)
         except BaseException:
             self._release()
             raise
@@ -190,6 +204,8 @@ class _Loop:
                 break
             try:
                 self.work(woken)
+            except Stopped:
+                break
             except Exception:  # noqa: BLE001 - the thread must survive; the next round retries
                 logger.exception("%s failed", self.name)
                 time.sleep(self.idle)

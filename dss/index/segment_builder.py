@@ -51,7 +51,7 @@ Row = tuple[str, Any, str, str | None]  # field name, term, document codes, posi
 
 
 def encode_doc(row: int) -> str:
-    return f"{row:08x}"
+    return f"{row:0{DOC_WIDTH}x}"
 
 
 def decode_docs(codes: str) -> array[int]:
