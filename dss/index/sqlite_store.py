@@ -210,7 +210,7 @@ class ReplicaStore:
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
             for pragma in ("synchronous = NORMAL", f"cache_size = -{self._cache_kib}", "temp_store = MEMORY",
-                           "mmap_size = 1073741824"):
+                           "mmap_size = 2147418112"):
                 conn.execute(f"PRAGMA {pragma}")
             self._local.conn = conn
             with self._connections_lock:
