@@ -35,6 +35,8 @@ _BACKLOG_PATIENCE = 60.0  # seconds a writer waits for merging to catch up
 
 
 class SegmentMerger:
+    """Moves one replica's pending documents into segments and keeps the segments compacted."""
+
     def __init__(self, store: ReplicaStore, lock_path: Path, *, threshold: int, background: bool,
                  idle: float = 2.0, backlog: int | None = None) -> None:
         self.store = store
@@ -92,7 +94,7 @@ class SegmentMerger:
         with self._merging, tempfile.TemporaryDirectory(prefix="dss-segment-") as scratch:
             segments = SegmentWriter(self.store, Path(scratch))
             try:
-                while not self._stopped or drain:
+                while not self._stopped:
                     with self.store.read() as (conn, fields):
                         sources = read_pending(conn, self.store.tables, _BATCH)
                         types = {name: field_type.value for name, field_type in fields.map.items()}
