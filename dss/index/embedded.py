@@ -95,7 +95,7 @@ class EmbeddedSearchIndex(SearchIndex):
                 merger = self._mergers[replica] = SegmentMerger(
                     self._stores[replica], path.with_name(f"{path.name}.{replica}.lock"),
                     threshold=self._merge_threshold, background=self._background)
-                merger.written(merger.pending())  # left by a previous run, or an older layout
+                merger.written(merger.pending(), wait=False)  # left by a previous run, or an older layout
             return self._stores[replica]
 
     # ------------------------------------------------------------------------------- documents

@@ -54,8 +54,9 @@ class SegmentMerger:
 
     # ------------------------------------------------------------------------------ after writes
 
-    def written(self, pending: int) -> None:
-        """Called after a write committed, with the number of pending documents it left."""
+    def written(self, pending: int, *, wait: bool = True) -> None:
+        """Called after a write committed, with the number of pending documents it left; `wait`:
+        whether to hold the caller while more than `backlog` are pending."""
         if not self.background:
             if pending >= self.threshold:
                 self.merge(drain=False)
@@ -63,7 +64,7 @@ class SegmentMerger:
         self._merger.start()  # even below the threshold: what is pending gets merged once writes pause
         if pending >= self.threshold:
             self._merger.wake()
-        if pending > self.backlog:
+        if wait and pending > self.backlog:
             self._wait_below(self.backlog)
 
     def _wait_below(self, limit: int) -> None:

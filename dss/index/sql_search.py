@@ -40,7 +40,7 @@ __all__ = ["DocSet", "SqlEvaluator", "prefix_bounds"]
 
 _CHUNK = 500
 _ESTIMATE_CAP = 20000  # counting stops here: beyond it, the order of clauses hardly matters
-_WITHIN_LIMIT = 20000  # candidates are looked up one by one only while they are this few
+_WITHIN_LIMIT = 20000  # candidates are passed down to later clauses only while they are this few
 
 
 @dataclass(frozen=True)
@@ -98,8 +98,8 @@ class SqlEvaluator:
     """Evaluates nodes in one read transaction. `field_ids` maps field names to their ids.
 
     Conjunctions are evaluated most selective clause first (sizes estimated by bounded counts); once
-    the candidates are few, later clauses only look those candidates up (`within`) instead of
-    listing every document they match.
+    the candidates are few, later clauses keep only those (`within`), which spares phrase checks
+    and large sets; a posting list is read whole either way.
     """
 
     def __init__(self, conn: sqlite3.Connection, tables: Mapping[str, str], field_ids: Mapping[str, int]) -> None:
