@@ -7,6 +7,11 @@ done. A worker writes its chunk's rows to a scratch SQLite file, which the write
 copies into the index in one statement: no posting passes through the writer's Python code. Small
 batches are built in-process: a round trip to a worker would cost more than it saves.
 
+Workers are spawned (forking a process with threads and open SQLite connections is unsafe), so a
+program that embeds the engine needs the usual `if __name__ == "__main__":` guard: without it,
+each worker re-runs the program's top-level code and fails, and building falls back to
+in-process with a warning.
+
 A chunk is analysed against the mapping as the writer saw it, extended in document order by the
 chunk's own new fields (`Built.new_types`). The writer checks those against the fields registered
 by earlier chunks and rebuilds a chunk whose guess was wrong (two chunks typing a new field
