@@ -112,7 +112,6 @@ class EmbeddedSearchIndex(SearchIndex):
                 writer.put(doc_id, doc)
                 count += 1
             pending = writer.pending_count()
-        writer.committed()
         self._mergers[replica].written(pending)
         return count
 

@@ -14,12 +14,13 @@ one by one, stay fast.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -92,19 +93,15 @@ class SegmentMerger:
     def merge(self, *, drain: bool = True) -> int:
         """Add pending documents as segments now: all of them (`drain`), or while at least `threshold` are."""
         merged = 0
-        with self._merging, tempfile.TemporaryDirectory(prefix="dss-segment-") as scratch:
-            segments = SegmentWriter(self.store, Path(scratch))
-            try:
-                while not self._stopped:
-                    with self.store.read() as (conn, fields):
-                        sources = read_pending(conn, self.store.tables, _BATCH)
-                        types = {name: field_type.value for name, field_type in fields.map.items()}
-                    if not sources or (not drain and len(sources) < self.threshold):
-                        break
-                    for built in build_all(types, sources, Path(scratch)):
-                        merged += self._add(segments, built)
-            finally:
-                segments.close()
+        with self._writing(self._merging) as segments:
+            while not self._stopped:
+                with self.store.read() as (conn, fields):
+                    sources = read_pending(conn, self.store.tables, _BATCH)
+                    types = {name: field_type.value for name, field_type in fields.map.items()}
+                if not sources or (not drain and len(sources) < self.threshold):
+                    break
+                for built in build_all(types, sources, segments.directory):
+                    merged += self._add(segments, built)
         return merged
 
     def _add(self, segments: SegmentWriter, built: Built) -> int:
@@ -119,10 +116,16 @@ class SegmentMerger:
         return added
 
     def compact(self) -> None:
-        with self._compacting, tempfile.TemporaryDirectory(prefix="dss-segment-") as scratch:
+        with self._writing(self._compacting) as segments:
+            segments.compact()
+
+    @contextlib.contextmanager
+    def _writing(self, turn: _Exclusive) -> Iterator[SegmentWriter]:
+        """A SegmentWriter with a scratch directory of its own, once it is this one's turn."""
+        with turn, tempfile.TemporaryDirectory(prefix="dss-segment-") as scratch:
             segments = SegmentWriter(self.store, Path(scratch))
             try:
-                segments.compact()
+                yield segments
             finally:
                 segments.close()
 

@@ -308,7 +308,7 @@ class _Segment:
 
 
 class Writer:
-    """Writes documents inside one write transaction; call `committed()` once it has committed.
+    """Writes documents inside one write transaction.
 
     Writing a document stores it as pending, without analysing it: `SegmentWriter` turns pending
     documents into segments later.
@@ -319,7 +319,6 @@ class Writer:
         self.conn = conn
         self.tables = store.tables
         self.fields = store.registry.current(conn)
-        self._merged: list[int] = []
 
     def put(self, doc_id: str, doc: Mapping[str, Any]) -> None:
         if not isinstance(doc_id, str) or not doc_id:
@@ -351,9 +350,6 @@ class Writer:
     def field_types(self) -> dict[str, str]:
         return {name: field_type.value for name, field_type in self.fields.map.items()}
 
-    def committed(self) -> None:
-        self.store.forget(self._merged)
-
 
 class SegmentWriter:
     """Adds and merges segments, holding the write lock only to copy finished rows in.
@@ -371,13 +367,12 @@ class SegmentWriter:
         self.tables = store.tables
         self.directory = directory
         self.conn = store.connection()
-        self.conn.execute("ATTACH DATABASE ? AS scratch", (str(directory / "segment.sqlite3"),))
-        self.conn.execute("PRAGMA scratch.journal_mode = OFF")  # rebuilt from the index if lost
-        self.conn.execute("PRAGMA scratch.synchronous = OFF")
+        self._scratch = False  # attached on first use: only merges need it
         self.merged: list[int] = []
 
     def close(self) -> None:
-        self.conn.execute("DETACH DATABASE scratch")
+        if self._scratch:
+            self.conn.execute("DETACH DATABASE scratch")
         self.store.forget(self.merged)
 
     # --------------------------------------------------------------------------- new segments
@@ -438,6 +433,11 @@ class SegmentWriter:
     def _group(self, select: str) -> None:
         """`scratch.segment` := the rows of `select` (field, value, docs, positions), in key order,
         computed over a snapshot of the index."""
+        if not self._scratch:
+            self.conn.execute("ATTACH DATABASE ? AS scratch", (str(self.directory / "segment.sqlite3"),))
+            self.conn.execute("PRAGMA scratch.journal_mode = OFF")  # rebuilt from the index if lost
+            self.conn.execute("PRAGMA scratch.synchronous = OFF")
+            self._scratch = True
         with self.store.read() as (conn, _):
             conn.execute("DROP TABLE IF EXISTS scratch.segment")
             conn.execute("CREATE TABLE scratch.segment (field INTEGER, value, docs TEXT, positions TEXT)")
