@@ -42,7 +42,7 @@ from typing import Any
 
 from dss.index.backend import DocumentRejected, InvalidQuery, SearchUnavailable
 from dss.index.mapping import EMPTY_TEXT_SUFFIX, TEXT_SUFFIX, FieldMap, FieldType, IndexedDoc, analyse
-from dss.index.segment_builder import DOC_WIDTH, MAX_DOC_ROW, Built, Source, build, decode_docs
+from dss.index.segment_builder import DOC_WIDTH, MAX_DOC_ROW, PAGE_SIZE, Built, Source, build, decode_docs
 from dss.sqlite import immediate
 
 __all__ = ["ReplicaStore", "Fields", "Writer", "sort_key", "sort_values", "values_of_key", "after_key"]
@@ -209,8 +209,9 @@ class ReplicaStore:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-            for pragma in ("synchronous = NORMAL", f"cache_size = -{self._cache_kib}", "temp_store = MEMORY",
-                           "mmap_size = 2147418112"):
+            # the page size applies when the file is created (a database made with other pages keeps them)
+            for pragma in (f"page_size = {PAGE_SIZE}", "synchronous = NORMAL", f"cache_size = -{self._cache_kib}",
+                           "temp_store = MEMORY", "mmap_size = 2147418112"):
                 conn.execute(f"PRAGMA {pragma}")
             self._local.conn = conn
             with self._connections_lock:
@@ -435,6 +436,7 @@ class SegmentWriter:
         computed over a snapshot of the index."""
         if not self._scratch:
             self.conn.execute("ATTACH DATABASE ? AS scratch", (str(self.directory / "segment.sqlite3"),))
+            self.conn.execute(f"PRAGMA scratch.page_size = {PAGE_SIZE}")
             self.conn.execute("PRAGMA scratch.journal_mode = OFF")  # rebuilt from the index if lost
             self.conn.execute("PRAGMA scratch.synchronous = OFF")
             self._scratch = True
