@@ -138,7 +138,7 @@ class EmbeddedSearchIndex(SearchIndex):
         with store.read() as (conn, fields):
             pending, mapping = store.pending_docs(conn, fields)
             node = QueryParser(mapping, self._clock).parse_request(request)
-            docset = SqlEvaluator(conn, store.tables, fields.ids).evaluate(node)
+            docset = SqlEvaluator(conn, store.tables, fields.ids, fields.map).evaluate(node)
             docset = DocSet(docset.ids - store.deleted_rows(conn), docset.negated)
             docset = _with_pending(docset, node, pending)
             pager = _Pager(conn, store.tables["docs"])

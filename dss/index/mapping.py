@@ -154,6 +154,10 @@ class IndexedDoc:
     numbers: dict[str, set[int | float]] = field(default_factory=dict)
     tokens: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # keyword field → token → positions
     tokenless: set[str] = field(default_factory=set)  # keyword fields with values but not one token
+    # positions of tokens that are a whole value, one ASCII word (then every value with that keyword
+    # spells that token): segments find them under the keyword instead of `.text`, without positions,
+    # which no phrase needs while its slop is below the POSITION_GAP between values
+    words: dict[str, dict[str, list[int]]] = field(default_factory=dict)
     objects: set[str] = field(default_factory=set)  # object fields with something indexed under them
     present: set[str] = field(default_factory=set)  # every queryable name with a value: leaves, `.text`, objects
     new_types: dict[str, FieldType] = field(default_factory=dict)
@@ -290,11 +294,14 @@ def _add_keywords(doc: IndexedDoc, path: str, values: list[Any]) -> None:
         text = value if value.__class__ is str else analysis.keyword_text(value)
         if text is None:
             return
-        if len(text) <= analysis.IGNORE_ABOVE:
-            doc.keywords[path] = {text.lower()}
+        keyword = text.lower() if len(text) <= analysis.IGNORE_ABOVE else None
+        if keyword is not None:
+            doc.keywords[path] = {keyword}
         words = analysis.tokenize(text)
         if len(words) == 1:
             doc.tokens[path] = {words[0]: [0]}
+            if words[0] == keyword and text.isascii():
+                doc.words[path] = doc.tokens[path]
         elif words:
             positions: dict[str, list[int]] = {}
             for position, word in enumerate(words):
@@ -308,24 +315,31 @@ def _add_keywords(doc: IndexedDoc, path: str, values: list[Any]) -> None:
         return
     keywords: set[str] = set()
     tokens: dict[str, list[int]] = {}
+    whole: dict[str, list[int]] = {}
     position = -1
     tokenize, ignore_above, gap = analysis.tokenize, analysis.IGNORE_ABOVE, analysis.POSITION_GAP
     for index, value in enumerate(values):
         text = value if value.__class__ is str else analysis.keyword_text(value)
         if text is None:
             continue
-        if len(text) <= ignore_above:
-            keywords.add(text.lower())
+        keyword = text.lower() if len(text) <= ignore_above else None
+        if keyword is not None:
+            keywords.add(keyword)
         if index:
             position += gap
-        for token in tokenize(text):
+        words = tokenize(text)
+        for token in words:
             position += 1
             if token in tokens:
                 tokens[token].append(position)
             else:
                 tokens[token] = [position]
+        if len(words) == 1 and words[0] == keyword and text.isascii():
+            whole.setdefault(keyword, []).append(position)
     if keywords:
         doc.keywords[path] = keywords
+    if whole:
+        doc.words[path] = whole
     if tokens:
         doc.tokens[path] = tokens
     elif any(analysis.keyword_text(value) is not None for value in values):

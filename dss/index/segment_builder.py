@@ -121,10 +121,13 @@ def segment_rows(docs: Mapping[int, IndexedDoc]) -> list[Row]:
 
     Keywords and numbers go under their field, text tokens (with positions) under the `.text`
     sub-field, an empty marker under each object field and under `<field>.text#empty` for values
-    that gave no token. Lists are built as strings, which the garbage collector does not track: a
-    batch has hundreds of thousands of postings.
+    that gave no token. A keyword that is one ASCII word is its own token: its row is marked with
+    positions `''` and the token's positions from such values are left out of `.text` (a fifth of
+    the rows of typical metadata: checksums, identifiers, enumerations). Lists are built as strings,
+    which the garbage collector does not track: a batch has hundreds of thousands of postings.
     """
     plain: dict[str, dict[Any, str]] = {}  # field → term → document codes
+    words: dict[str, set[str]] = {}  # field → keywords that are their own token
     codes_of: dict[str, dict[str, str]] = {}  # `.text` field → token → document codes
     positions_of: dict[str, dict[str, str]] = {}  # and their positions, one JSON value per document
     for row, doc in docs.items():
@@ -134,10 +137,22 @@ def segment_rows(docs: Mapping[int, IndexedDoc]) -> list[Row]:
             listed = plain.setdefault(name, {})
             for term in terms:
                 listed[term] = listed[term] + code if term in listed else code
+        for name, spelled in doc.words.items():
+            if name in words:
+                words[name].update(spelled)
+            else:
+                words[name] = set(spelled)
         for name, tokens in doc.tokens.items():
+            whole = doc.words.get(name)
+            if whole is tokens:
+                continue  # one value, a word: found under the keyword
             text = name + TEXT_SUFFIX
             codes, positions = codes_of.setdefault(text, {}), positions_of.setdefault(text, {})
             for token, places in tokens.items():
+                if whole is not None and token in whole:
+                    places = [place for place in places if place not in whole[token]]
+                    if not places:
+                        continue
                 encoded = str(places[0]) if len(places) == 1 else "[" + ",".join(map(str, places)) + "]"
                 if token in codes:
                     codes[token] += code
@@ -148,7 +163,13 @@ def segment_rows(docs: Mapping[int, IndexedDoc]) -> list[Row]:
         for marker in (*doc.objects, *(name + EMPTY_TEXT_SUFFIX for name in doc.tokenless)):
             listed = plain.setdefault(marker, {})
             listed[""] = listed[""] + code if "" in listed else code
-    rows: list[Row] = [(field, term, codes, None) for field, listed in plain.items() for term, codes in listed.items()]
+    rows: list[Row] = []
+    for field, listed in plain.items():
+        marked = words.get(field)
+        if marked is None:
+            rows += [(field, term, codes, None) for term, codes in listed.items()]
+        else:
+            rows += [(field, term, codes, "" if term in marked else None) for term, codes in listed.items()]
     rows += [(field, token, codes, positions_of[field][token])
              for field, codes_by_token in codes_of.items() for token, codes in codes_by_token.items()]
     return rows

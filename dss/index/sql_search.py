@@ -3,8 +3,9 @@
 The index is a set of segments (`dss.index.sqlite_store`); each leaf is one indexed scan per segment
 (`seg IN (…)` on the clustered key `(seg, field, value)`), whose rows list documents (expanded here
 into row ids) and, for `.text` tokens, positions. Keywords and numbers are under their field's id,
-tokens under the id of the `.text` sub-field, and an empty-string marker under each object field a
-document has values in. Boolean structure is set algebra in Python. A set may be held as its
+tokens under the id of the `.text` sub-field (except those of values that are one ASCII word, found
+under their keyword, whose row is marked with positions ''), and an empty-string marker under each
+object field a document has values in. Boolean structure is set algebra in Python. A set may be held as its
 complement (`negated`), so that `must_not` and `match_all` never enumerate the whole index. Leaves
 that need per-term logic (wildcards, case-insensitive terms) first list the field's distinct terms
 that qualify, then fetch their documents.
@@ -17,7 +18,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dss.index.mapping import EMPTY_TEXT_SUFFIX, TEXT_SUFFIX
+from dss.index.analysis import POSITION_GAP
+from dss.index.mapping import EMPTY_TEXT_SUFFIX, TEXT_SUFFIX, FieldMap, analyse
 from dss.index.matcher import phrase_matches
 from dss.index.query_ir import (
     Bool,
@@ -95,15 +97,18 @@ Within = frozenset[int] | None  # when given, a result only has to be right for 
 
 
 class SqlEvaluator:
-    """Evaluates nodes in one read transaction. `field_ids` maps field names to their ids.
+    """Evaluates nodes in one read transaction. `field_ids` maps field names to their ids, `mapping`
+    their types.
 
     Conjunctions are evaluated most selective clause first (sizes estimated by bounded counts); once
     the candidates are few, later clauses keep only those (`within`), which spares phrase checks
     and large sets; a posting list is read whole either way.
     """
 
-    def __init__(self, conn: sqlite3.Connection, tables: Mapping[str, str], field_ids: Mapping[str, int]) -> None:
+    def __init__(self, conn: sqlite3.Connection, tables: Mapping[str, str], field_ids: Mapping[str, int],
+                 mapping: FieldMap) -> None:
         self.conn = conn
+        self.mapping = mapping
         self.docs = tables["docs"]
         self.postings = tables["postings"]
         segments = ",".join(str(seg) for (seg,) in conn.execute(f"SELECT id FROM {tables['segments']}"))
@@ -189,9 +194,15 @@ class SqlEvaluator:
         return frozenset(rows if within is None else rows & within)
 
     def _field(self, space: str, name: str) -> Where | None:
-        """The condition selecting a field's entries (tokens: its `.text` sub-field's), None when it has none."""
-        field_id = self.field_ids.get(name + TEXT_SUFFIX if space == "tok" else name)
-        return None if field_id is None else (f"{self._in_segments} AND field = ?", [field_id])
+        """The condition selecting a field's entries, None when it has none. Tokens are those of its
+        `.text` sub-field and its keywords marked as their own token (positions '')."""
+        if space != "tok":
+            field_id = self.field_ids.get(name)
+            return None if field_id is None else (f"{self._in_segments} AND field = ?", [field_id])
+        text_id, keyword_id = self.field_ids.get(name + TEXT_SUFFIX), self.field_ids.get(name)
+        if text_id is None:
+            return None
+        return f"{self._in_segments} AND field IN (?, ?) AND positions IS NOT NULL", [text_id, keyword_id or text_id]
 
     def _leaf_query(self, node: Node) -> tuple[str, list[Any]] | None:
         """`SELECT docs FROM postings WHERE …` for the leaves that are one index scan, else None."""
@@ -286,6 +297,8 @@ class SqlEvaluator:
         field = self._field("tok", node.field)
         if field is None:
             return NONE
+        if node.slop >= POSITION_GAP:
+            return self._phrase_in_sources(node, within)
         postings: list[dict[int, list[int]]] = []
         candidates: set[int] | None = None if within is None else set(within)
         for token in node.tokens:
@@ -298,10 +311,32 @@ class SqlEvaluator:
         return DocSet(frozenset(doc for doc in candidates
                                 if phrase_matches([posting[doc] for posting in postings], node.slop)))
 
+    def _phrase_in_sources(self, node: Phrase, within: Within) -> DocSet:
+        """A phrase whose slop reaches across values, where whole-word values count too: the index keeps
+        no positions for those (`dss.index.segment_builder.segment_rows`), so the documents that have
+        every token are analysed again."""
+        candidates = within
+        for token in dict.fromkeys(node.tokens):
+            found = self._terms(Terms("tok", node.field, (token,)), candidates)
+            if not found.ids:
+                return NONE
+            candidates = found.ids
+        assert candidates is not None
+        matched = set()
+        for row, source in self.conn.execute(f"SELECT id, source FROM {self.docs} WHERE id IN "
+                                             f"(SELECT value FROM json_each(?))", [json.dumps(sorted(candidates))]):
+            tokens = analyse(json.loads(source), self.mapping).tokens.get(node.field, {})
+            if all(token in tokens for token in node.tokens) and \
+                    phrase_matches([tokens[token] for token in node.tokens], node.slop):
+                matched.add(row)
+        return DocSet(frozenset(matched))
+
     def _positions(self, field: Where, token: str, candidates: set[int] | None) -> Iterator[tuple[int, list[int]]]:
-        """(document, positions) of a token, for the candidates only when there are some."""
+        """(document, positions) of a token, for the candidates only when there are some; a phrase needs
+        no whole-word value's position, as values are POSITION_GAP apart."""
         for codes, positions in self.conn.execute(
-                f"SELECT docs, positions FROM {self.postings} WHERE {field[0]} AND value = ?", [*field[1], token]):
+                f"SELECT docs, positions FROM {self.postings} WHERE {field[0]} AND value = ? AND positions <> ''",
+                [*field[1], token]):
             for doc, entry in zip(_expand(codes), json.loads("[" + positions + "]")):
                 if candidates is None or doc in candidates:
                     yield doc, entry if isinstance(entry, list) else [entry]

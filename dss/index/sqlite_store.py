@@ -487,7 +487,9 @@ class SegmentWriter:
         with self.store.read() as (conn, _):
             purged = sorted(row for (row,) in conn.execute(f"SELECT id FROM {self.tables['deleted']}")
                             if any(s.lo <= row <= s.hi for s in segments))
-        docs_sql, positions_sql = "group_concat(docs, '')", "group_concat(positions, ',')"
+        # a keyword that is its own token keeps its mark ('') rather than a list of empty positions
+        docs_sql = "group_concat(docs, '')"
+        positions_sql = "CASE WHEN min(positions) = '' THEN '' ELSE group_concat(positions, ',') END"
         if purged:
             _register_purge(self.conn, set(purged))
             docs_sql, positions_sql = f"dss_purge_docs({docs_sql})", f"dss_purge_positions({docs_sql}, {positions_sql})"
