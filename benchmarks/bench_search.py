@@ -259,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundles", type=int, help="bundles to index (default 100,000)")
     parser.add_argument("--subscriptions", type=int, help="subscriptions to percolate against (default 10,000)")
     parser.add_argument("--searches", type=int, default=200, help="searches per query kind (default 200)")
-    parser.add_argument("--singles", type=int, default=2000, help="bundles indexed one per call (default 2,000)")
+    # enough single writes to span several merges of full segments (8,192 bundles each), whose cost
+    # a shorter window would either miss or take whole
+    parser.add_argument("--singles", type=int, default=20_000, help="bundles indexed one per call (default 20,000)")
     parser.add_argument("--dir", type=Path, help="keep the index here; an existing one of the right size is reused")
     args = parser.parse_args(argv)
     bundles = args.bundles or (5000 if args.quick else 100_000)

@@ -241,6 +241,49 @@ def test_tokens_stored_as_keywords_behave_as_tokens(tmp_path: Path, background: 
         assert _ids(index, {"match": {"tags.text": "blood"}}) == ["b.1", "a.1"]
 
 
+def test_segments_without_word_marks_still_read_and_merge(tmp_path: Path) -> None:
+    """Segments written before one-word values were marked list such a value twice: under its keyword
+    (positions NULL) and as a `.text` token. They answer the same and merge with marked ones."""
+    database = tmp_path / "search" / f"{REPLICA}.sqlite3"
+    with open_search_index(f"sqlite://{tmp_path}/search", merge_threshold=1, segment_fanout=2,
+                           merge_in_background=False) as index:
+        index.index(REPLICA, "a.1", {"uuid": "a", "sha": "ABC123"})
+        conn = sqlite3.connect(database)
+        with conn:  # rewrite the first segment as the earlier version wrote it
+            conn.execute("INSERT INTO postings SELECT seg, (SELECT id FROM fields WHERE name = f.name || '.text'), "
+                         "value, docs, '0' FROM postings JOIN fields AS f ON f.id = postings.field "
+                         "WHERE positions = ''")
+            assert conn.execute("UPDATE postings SET positions = NULL WHERE positions = ''").rowcount == 1
+        assert _ids(index, {"term": {"sha.text": "abc123"}}) == ["a.1"]
+        index.index(REPLICA, "b.1", {"uuid": "b", "sha": "abc123"})
+        index.refresh(REPLICA)
+        assert _table_count(database, "segments") == 1
+        marks = conn.execute("SELECT positions FROM postings JOIN fields ON fields.id = postings.field "
+                             "WHERE fields.name = 'sha'").fetchall()
+        conn.close()
+        assert marks == [("",)]
+        assert _ids(index, {"term": {"sha.text": "abc123"}}) == ["b.1", "a.1"]
+        assert _ids(index, {"match_phrase": {"sha.text": {"query": "abc123 abc123", "slop": 100}}}) == []
+        assert _ids(index, {"term": {"sha": "ABC123"}}) == ["b.1", "a.1"]
+
+
+def test_merged_word_marks_stay_marks(tmp_path: Path) -> None:
+    database = tmp_path / "search" / f"{REPLICA}.sqlite3"
+    with open_search_index(f"sqlite://{tmp_path}/search", merge_threshold=1, segment_fanout=2,
+                           merge_in_background=False) as index:
+        for doc_id, tags in [("a.1", ["red fox"]), ("b.1", "fox"), ("c.1", ["fox", "den"]), ("d.1", "Fox")]:
+            index.index(REPLICA, doc_id, {"uuid": doc_id[0], "tags": tags})
+        index.refresh(REPLICA)
+        assert _table_count(database, "segments") == 1
+        assert _ids(index, {"match_phrase": {"tags.text": "red fox"}}) == ["a.1"]
+        assert _ids(index, {"match": {"tags.text": "fox"}}) == ["d.1", "c.1", "b.1", "a.1"]
+        conn = sqlite3.connect(database)
+        marks = conn.execute("SELECT value, positions FROM postings JOIN fields ON fields.id = postings.field "
+                             "WHERE fields.name = 'tags' ORDER BY value").fetchall()
+        conn.close()
+        assert marks == [("den", ""), ("fox", ""), ("red fox", None)]
+
+
 def test_two_indexes_on_one_directory_share_it(tmp_path: Path, documents: list[Any]) -> None:
     """As several server processes do: each has its merger; the lock files let one merge at a time."""
     first = open_search_index(f"sqlite://{tmp_path}/search", merge_threshold=8)

@@ -60,6 +60,8 @@ CASES: list[tuple[str, dict[str, Any], list[str]]] = [
     ("text term is not a whole longer value", {"term": {X + "pets.text": "black cat"}}, []),
     ("phrase uses the longer value's positions", {"match_phrase": {X + "pets.text": "black cat"}}, ["bbbb.1"]),
     ("phrase of words from two values", {"match_phrase": {X + "pets.text": "cat owl"}}, []),
+    ("phrase with a large slop within values", {"match_phrase": {X + "desc.text": {"query": "fox quick", "slop": 100}}},
+     ["bbbb.1", "aaaa.1"]),
     ("phrase with slop reaching a one-word value",
      {"match_phrase": {X + "pets.text": {"query": "cat owl", "slop": 100}}}, ["bbbb.1"]),
     ("prefix on text finds one-word values", {"prefix": {X + "pets.text": "ow"}}, ["bbbb.1"]),

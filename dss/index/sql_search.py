@@ -5,10 +5,10 @@ The index is a set of segments (`dss.index.sqlite_store`); each leaf is one inde
 into row ids) and, for `.text` tokens, positions. Keywords and numbers are under their field's id,
 tokens under the id of the `.text` sub-field (except those of values that are one ASCII word, found
 under their keyword, whose row is marked with positions ''), and an empty-string marker under each
-object field a document has values in. Boolean structure is set algebra in Python. A set may be held as its
-complement (`negated`), so that `must_not` and `match_all` never enumerate the whole index. Leaves
-that need per-term logic (wildcards, case-insensitive terms) first list the field's distinct terms
-that qualify, then fetch their documents.
+object field a document has values in. Boolean structure is set algebra in Python. A set may be
+held as its complement (`negated`), so that `must_not` and `match_all` never enumerate the whole
+index. Leaves that need per-term logic (wildcards, case-insensitive terms) first list the field's
+distinct terms that qualify, then fetch their documents.
 """
 from __future__ import annotations
 
@@ -297,43 +297,44 @@ class SqlEvaluator:
         field = self._field("tok", node.field)
         if field is None:
             return NONE
-        if node.slop >= POSITION_GAP:
-            return self._phrase_in_sources(node, within)
+        # Tokens of one-word values have no positions here (they are found under the keyword): only a
+        # slop reaching from one value to the next (POSITION_GAP) can make them part of a phrase.
+        across_values = node.slop >= POSITION_GAP
         postings: list[dict[int, list[int]]] = []
+        spelled: set[int] = set()  # documents where a token is such a value: their positions are unknown
         candidates: set[int] | None = None if within is None else set(within)
         for token in node.tokens:
             posting = dict(self._positions(field, token, candidates))
-            candidates = set(posting) if candidates is None else candidates & posting.keys()
+            found = set(posting)
+            if across_values:
+                words = self._rows(f"SELECT docs FROM {self.postings} WHERE {field[0]} AND value = ? "
+                                   f"AND positions = ''", [*field[1], token],
+                                   None if candidates is None else frozenset(candidates))
+                spelled |= words
+                found |= words
+            candidates = found if candidates is None else candidates & found
             if not candidates:
                 return NONE
             postings.append(posting)
         assert candidates is not None
-        return DocSet(frozenset(doc for doc in candidates
-                                if phrase_matches([posting[doc] for posting in postings], node.slop)))
+        matched = {doc for doc in candidates - spelled
+                   if phrase_matches([posting[doc] for posting in postings], node.slop)}
+        return DocSet(frozenset(matched | self._phrase_in_sources(node, candidates & spelled)))
 
-    def _phrase_in_sources(self, node: Phrase, within: Within) -> DocSet:
-        """A phrase whose slop reaches across values, where whole-word values count too: the index keeps
-        no positions for those (`dss.index.segment_builder.segment_rows`), so the documents that have
-        every token are analysed again."""
-        candidates = within
-        for token in dict.fromkeys(node.tokens):
-            found = self._terms(Terms("tok", node.field, (token,)), candidates)
-            if not found.ids:
-                return NONE
-            candidates = found.ids
-        assert candidates is not None
+    def _phrase_in_sources(self, node: Phrase, rows: set[int]) -> set[int]:
+        """The documents among `rows` that have the phrase, analysed again from their sources."""
         matched = set()
         for row, source in self.conn.execute(f"SELECT id, source FROM {self.docs} WHERE id IN "
-                                             f"(SELECT value FROM json_each(?))", [json.dumps(sorted(candidates))]):
+                                             f"(SELECT value FROM json_each(?))", [json.dumps(sorted(rows))]):
             tokens = analyse(json.loads(source), self.mapping).tokens.get(node.field, {})
             if all(token in tokens for token in node.tokens) and \
                     phrase_matches([tokens[token] for token in node.tokens], node.slop):
                 matched.add(row)
-        return DocSet(frozenset(matched))
+        return matched
 
     def _positions(self, field: Where, token: str, candidates: set[int] | None) -> Iterator[tuple[int, list[int]]]:
-        """(document, positions) of a token, for the candidates only when there are some; a phrase needs
-        no whole-word value's position, as values are POSITION_GAP apart."""
+        """(document, positions) of a token, for the candidates only when there are some (positions
+        of `.text` tokens only, not of one-word values)."""
         for codes, positions in self.conn.execute(
                 f"SELECT docs, positions FROM {self.postings} WHERE {field[0]} AND value = ? AND positions <> ''",
                 [*field[1], token]):
