@@ -1,6 +1,8 @@
 """Behaviour specific to the embedded engine: storage, updates, concurrency, URL forms."""
 from __future__ import annotations
 
+import itertools
+import random
 import sqlite3
 import threading
 import time
@@ -307,3 +309,46 @@ def test_two_indexes_on_one_directory_share_it(tmp_path: Path, documents: list[A
         first.close()
         second.close()
         assert time.monotonic() - started < 10
+
+
+# values whose tokens are tricky: one word or several, case, joiners, non-ASCII (the Kelvin sign
+# lower-cases to an ASCII "k"), underscores, empty
+_VALUES = ["fox", "Fox", "red fox", "red", "abc-123", "ABC123", "café", "Café au lait", "\u212a", "k", "owl",
+           "black cat", "cat", "3.14", "u.s.a", "U.S.A", "x_y", "___", "", "owl owl", "big red fox", "Kelvin \u212a",
+           "straße", "e.coli", "E. coli"]
+_TOKENS = ["fox", "red", "abc", "123", "abc123", "café", "k", "owl", "cat", "black", "3.14", "u.s.a", "x_y", "big",
+           "kelvin", "straße", "e.coli", "e", "coli", "au"]
+
+
+def _token_queries(rng: random.Random, field: str) -> list[dict[str, Any]]:
+    queries: list[dict[str, Any]] = []
+    for token in _TOKENS:
+        queries += [{"term": {field: token}}, {"prefix": {field: token[:2]}},
+                    {"term": {field: {"value": token.upper(), "case_insensitive": True}}}]
+    queries += [{"match_phrase": {field: f"{a} {b}"}} for a, b in itertools.product(_TOKENS[:10], repeat=2)]
+    for _ in range(60):
+        phrase = " ".join(rng.choice(_TOKENS) for _ in range(rng.choice([2, 3])))
+        queries.append({"match_phrase": {field: {"query": phrase, "slop": rng.choice([0, 2, 99, 100, 101, 300])}}})
+    return queries + [{"wildcard": {field: "*o*"}}, {"range": {field: {"gte": "b", "lt": "d"}}},
+                      {"exists": {"field": field}}, {"match": {field: {"query": "red fox", "operator": "and"}}}]
+
+
+def test_segments_answer_like_the_document_matcher(tmp_path: Path) -> None:
+    """Segments store tokens in two places (`.text` rows, and keywords that are one word); every
+    token query must answer as testing each analysed document does (pending documents are)."""
+    rng = random.Random(7)
+    docs = []
+    for number in range(400):
+        values = [rng.choice(_VALUES) for _ in range(rng.choice([1, 1, 2, 3, 4]))]
+        docs.append((f"d{number:03}.1", {"uuid": f"d{number:03}", "t": values[0] if len(values) == 1 else values,
+                                          "o": {"s": rng.choice(_VALUES)}}))
+    with open_search_index(f"sqlite://{tmp_path}/segments", merge_threshold=1, segment_fanout=3,
+                           merge_in_background=False) as segments, \
+            open_search_index(f"sqlite://{tmp_path}/pending", merge_threshold=10 ** 6,
+                              merge_in_background=False) as pending:
+        for start in range(0, len(docs), 37):
+            segments.index_many(REPLICA, docs[start:start + 37])
+        segments.refresh(REPLICA)
+        pending.index_many(REPLICA, docs)
+        for query in _token_queries(rng, "t.text") + _token_queries(rng, "o.s.text"):
+            assert sorted(_ids(segments, query)) == sorted(_ids(pending, query)), query
