@@ -86,7 +86,7 @@ class Server:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if requests.get(f"{self.url}/v1/{kind}/{item_uuid}", params={"replica": "gcp"},
-                            allow_redirects=False).status_code in (200, 302):
+                            allow_redirects=False).status_code in (200, 206, 302):  # 206: a paged manifest
                 return
             time.sleep(0.2)
 

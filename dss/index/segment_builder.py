@@ -150,9 +150,10 @@ def segment_rows(docs: Mapping[int, IndexedDoc]) -> list[Row]:
             codes, positions = codes_of.setdefault(text, {}), positions_of.setdefault(text, {})
             for token, places in tokens.items():
                 if whole is not None and token in whole:
-                    places = [place for place in places if place not in whole[token]]
-                    if not places:
-                        continue
+                    if len(whole[token]) == len(places):
+                        continue  # every occurrence is a one-word value
+                    skip = set(whole[token])
+                    places = [place for place in places if place not in skip]
                 encoded = str(places[0]) if len(places) == 1 else "[" + ",".join(map(str, places)) + "]"
                 if token in codes:
                     codes[token] += code
