@@ -27,7 +27,7 @@ from dss.index.query_ir import (
     wildcard_regex,
 )
 
-__all__ = ["Predicate", "compile_predicate", "anchors", "doc_keys", "phrase_matches", "field_terms"]
+__all__ = ["Predicate", "compile_predicate", "anchors", "doc_keys", "phrase_matches", "phrase_in", "field_terms"]
 
 Predicate = Callable[[IndexedDoc], bool]
 Key = tuple[Hashable, ...]
@@ -91,7 +91,7 @@ def _compile_leaf(node: Node) -> Predicate:
         regex = wildcard_regex(node.pattern, node.case_insensitive)
         return lambda doc: any(regex.match(term) for term in field_terms(doc, node.space, node.field))
     if isinstance(node, Phrase):
-        return lambda doc: _phrase_in(doc.tokens.get(node.field, _NO_TOKENS), node)
+        return lambda doc: phrase_in(doc.tokens.get(node.field, _NO_TOKENS), node)
     if isinstance(node, Exists):
         names = node.names
         return lambda doc: any(name in doc.present for name in names)
@@ -132,7 +132,8 @@ def _compile_bool(node: Bool) -> Predicate:
     return matches
 
 
-def _phrase_in(tokens: dict[str, list[int]], node: Phrase) -> bool:
+def phrase_in(tokens: dict[str, list[int]], node: Phrase) -> bool:
+    """Does a field with these token positions have the phrase?"""
     lists = []
     for token in node.tokens:
         positions = tokens.get(token)

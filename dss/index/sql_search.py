@@ -20,7 +20,7 @@ from typing import Any
 
 from dss.index.analysis import POSITION_GAP
 from dss.index.mapping import EMPTY_TEXT_SUFFIX, TEXT_SUFFIX, FieldMap, analyse
-from dss.index.matcher import phrase_matches
+from dss.index.matcher import phrase_in, phrase_matches
 from dss.index.query_ir import (
     Bool,
     Exists,
@@ -326,9 +326,7 @@ class SqlEvaluator:
         matched = set()
         for row, source in self.conn.execute(f"SELECT id, source FROM {self.docs} WHERE id IN "
                                              f"(SELECT value FROM json_each(?))", [json.dumps(sorted(rows))]):
-            tokens = analyse(json.loads(source), self.mapping).tokens.get(node.field, {})
-            if all(token in tokens for token in node.tokens) and \
-                    phrase_matches([tokens[token] for token in node.tokens], node.slop):
+            if phrase_in(analyse(json.loads(source), self.mapping).tokens.get(node.field, {}), node):
                 matched.add(row)
         return matched
 

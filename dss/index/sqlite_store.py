@@ -468,7 +468,7 @@ class SegmentWriter:
         with self.store.read() as (conn, _):
             segments = [_Segment(*row) for row in conn.execute(
                 f"SELECT id, level, lo, hi, docs FROM {self.tables['segments']} ORDER BY id")]
-            deleted = [row for (row,) in conn.execute(f"SELECT id FROM {self.tables['deleted']}")]
+            deleted = self.store.deleted_rows(conn)
         for segment in segments if deleted else ():
             gone = sum(1 for row in deleted if segment.lo <= row <= segment.hi)
             if gone and 4 * gone >= segment.docs:
@@ -485,8 +485,7 @@ class SegmentWriter:
         and both aggregates see a group's rows in the same order, so they stay aligned."""
         inputs = ",".join(str(segment.id) for segment in segments)
         with self.store.read() as (conn, _):
-            purged = sorted(row for (row,) in conn.execute(f"SELECT id FROM {self.tables['deleted']}")
-                            if any(s.lo <= row <= s.hi for s in segments))
+            purged = sorted(row for row in self.store.deleted_rows(conn) if any(s.lo <= row <= s.hi for s in segments))
         # a keyword that is its own token keeps its mark ('') rather than a list of empty positions
         docs_sql = "group_concat(docs, '')"
         positions_sql = "CASE WHEN min(positions) = '' THEN '' ELSE group_concat(positions, ',') END"
