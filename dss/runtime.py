@@ -11,6 +11,7 @@ import secrets
 from pathlib import Path
 
 from dss.auth import Authenticator, KeyStore
+from dss.auth.ownership import Ownership
 from dss.bundles import BundleService
 from dss.config import Config
 from dss.events.bus import EventWorkers, Handler, SQLiteEventBus
@@ -58,6 +59,7 @@ class Runtime:
         self.search = open_search_index(config.search_url)
         self.tables = Tables(config.tables_url, prefix=f"dss-{config.stage}-")
         self.subscription_table = self.tables("subscriptions")
+        self.owners = Ownership(self.tables("owners"), config.admin_emails)
         self.deliveries = DeliveryStore.from_config(config, config.data_dir / "deliveries.sqlite3")
         self.delivery_worker = DeliveryWorker(self.deliveries)
         self.subscriptions = SubscriptionService(self.subscription_table, self.search,
@@ -65,7 +67,7 @@ class Runtime:
         self.notifier = Notifier(self.subscriptions, self.deliveries,
                                  api_base=config.api_url or f"http://{config.host}:{config.port}")
         self.bus = SQLiteEventBus(_sqlite_path(config.queue_url), handlers=("sync", "index"))
-        self.files = FileService(self.replicas, SourceResolver(self.factory, config.staging_roots), self.bus,
+        self.files = FileService(self.replicas, SourceResolver(self.factory, config.staging_roots, config.data_dir), self.bus,
                                  config.data_dir / "spool")
         self.bundles = BundleService(self.replicas, self.bus, self.files, config.bundle_file_wait)
         self.handlers: dict[str, Handler] = {

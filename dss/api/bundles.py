@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dss.api.responses import absolute, next_link, page_headers, public_base, reply
-from dss.auth import require_admin
+from dss.auth import require_admin, require_group
 from dss.errors import OnlyOneUrlType
 from dss.identifiers import Replica, new_version
 from dss.runtime import Runtime
@@ -39,12 +39,23 @@ def get(runtime: Runtime, uuid: str, replica: str, version: str | None = None, d
     return reply(body, 206 if more else 200, page_headers("bundle.files", link))
 
 
+def _may_write(runtime: Runtime, uuid: str, token_info: dict) -> None:
+    # The original let any valid token write bundles; here they need group `hca`, as files do, and the
+    # bundle's owner or an administrator (dss.auth.ownership).
+    require_group(token_info["principal"], {"hca"})
+    runtime.owners.claim("bundles", uuid, token_info["principal"])
+
+
 def put(runtime: Runtime, uuid: str, version: str, replica: str, body: dict, token_info: dict):
+    _may_write(runtime, uuid, token_info)
     manifest, created = runtime.bundles.put(uuid, version, Replica(replica), body["files"], body["creator_uid"])
     return reply({"version": manifest["version"], "manifest": manifest}, 201 if created else 200)
 
 
 def patch(runtime: Runtime, uuid: str, replica: str, version: str, body: dict, token_info: dict):
+    require_group(token_info["principal"], {"hca"})
+    runtime.bundles.get(uuid, Replica(replica), version)  # 404 before anyone claims an unknown uuid
+    _may_write(runtime, uuid, token_info)
     new = runtime.bundles.patch(uuid, version, Replica(replica), body.get("add_files"), body.get("remove_files"))
     return reply({"uuid": uuid.lower(), "version": new})
 

@@ -38,6 +38,7 @@ def get(runtime: Runtime, uuid: str, replica: str, version: str | None = None, t
 
 def put(runtime: Runtime, uuid: str, version: str, body: dict, token_info: dict):
     require_group(token_info["principal"], {"hca"})
+    runtime.owners.claim("files", uuid, token_info["principal"])
     result = runtime.files.put(uuid, version, body["source_url"], body["creator_uid"])
     return reply({"version": result.version}, 201 if result.created else 200)
 
