@@ -11,7 +11,9 @@ documents, so that the numbers can be read on any machine:
 * search: p50 and p99 latency of term, bool (README-style) and range queries, 100 hits per page, over
   the whole corpus; baseline: a plain SQLite primary-key lookup of one document;
 * percolation: one new bundle against every subscription; baseline: evaluating every subscription's
-  compiled predicate on the bundle, without the anchor pre-filter.
+  compiled predicate on the bundle, without the anchor pre-filter;
+* JMESPath matching: one new bundle against as many JMESPath subscriptions (`ExpressionSet`, each picking
+  one project); baseline: `jmespath.search` of every expression in turn.
 
 Targets are goals, not assertions: the script exits non-zero only if something crashes.
 
@@ -41,6 +43,7 @@ from dss.index.embedded import EmbeddedSearchIndex  # noqa: E402
 from dss.index.mapping import FieldMap, analyse  # noqa: E402
 from dss.index.matcher import compile_predicate  # noqa: E402
 from dss.index.query import QueryParser  # noqa: E402
+from dss.subscriptions.matching import ExpressionSet  # noqa: E402
 from tests.fixtures.hca_corpus import ORGANS, generate_documents  # noqa: E402
 
 REPLICA = "aws"
@@ -236,6 +239,21 @@ def measure_percolation(index: EmbeddedSearchIndex, count: int, probes: int, tab
     table.add(f"percolate 1 bundle vs {count:,} subs p99", percentile(samples, 0.99), "ms", "-", None, "", None)
 
 
+def measure_jmespath(count: int, probes: int, table: Table) -> None:
+    import jmespath
+
+    template = "files.project_json[0].project_core.project_short_name == 'project-{}'"
+    expressions = ExpressionSet((n, template.format(n)) for n in range(count))
+    docs = [dict(doc, files=dict(doc["files"], project_json=[{"project_core": {"project_short_name":
+            f"project-{n}"}}])) for n, (_, doc) in enumerate(generate_documents(probes, seed=77))]
+    samples = [timed(lambda doc=doc: expressions.matching(doc)) * 1000 for doc in docs]
+    compiled = [jmespath.compile(template.format(n)) for n in range(count)]
+    naive = [timed(lambda doc=doc: [e.search(doc) for e in compiled]) * 1000 for doc in docs[:5]]
+    p50 = percentile(samples, 0.5)
+    table.add(f"JMESPath: 1 bundle vs {count:,} subs p50", p50, "ms", "<= 50 ms", p50 <= 50,
+              f"every expression in turn: {percentile(naive, 0.5):.1f} ms", p50 / percentile(naive, 0.5))
+
+
 def _brute_force_percolation(queries: list[dict[str, Any]], docs: list[dict[str, Any]]) -> float:
     fields = FieldMap()
     for doc in docs:
@@ -293,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             measure_searches(index, directory, args.searches, table)
             print(f"percolating against {subscriptions:,} subscriptions …", flush=True)
             measure_percolation(index, subscriptions, 50, table)
+            measure_jmespath(subscriptions, 50, table)
         finally:
             if args.dir is None:
                 index.close()

@@ -308,7 +308,7 @@ def test_two_indexes_on_one_directory_share_it(tmp_path: Path, documents: list[A
         started = time.monotonic()
         first.close()
         second.close()
-        assert time.monotonic() - started < 10
+        assert time.monotonic() - started < 60  # a hang guard: closing stops the merger without draining
 
 
 # values whose tokens are tricky: one word or several, case, joiners, non-ASCII (the Kelvin sign

@@ -234,7 +234,7 @@ def test_the_secret_is_never_shown_or_logged(dss: DSSServer, client: Client, rec
     sub_id = created.json()["uuid"]
     document = {"uuid": "b", "state": "new", "files": {}}
     assert dss.runtime.notifier.notify("aws", "b", "2024-01-01T000000.000000Z", "CREATE", document) == 1
-    receiver.wait_for(1, timeout=10)
+    receiver.wait_for(1, timeout=60)
     for response in (client.get(sub_id), client.find(), client.get(es.json()["uuid"], "elasticsearch"),
                      client.find("elasticsearch"), client.deliveries(sub_id), client.delete(sub_id)):
         assert response.status_code == 200
@@ -253,8 +253,8 @@ def test_deliveries_of_a_subscription(dss: DSSServer, client: Client, receiver: 
     for version in ("2024-01-01T000000.000000Z", "2024-01-02T000000.000000Z"):
         dss.runtime.notifier.notify("aws", "b", version, "CREATE", {"state": "new"})
     dss.runtime.notifier.notify("aws", "b", "2024-01-03T000000.000000Z", "CREATE", {"state": "old"})  # no match
-    receiver.wait_for(3, timeout=15)
-    deadline = time.monotonic() + 15
+    receiver.wait_for(3, timeout=60)
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         listed = client.deliveries(sub_id).json()["deliveries"]
         if [d["state"] for d in listed] == ["delivered", "delivered"]:
@@ -291,8 +291,8 @@ def test_deleting_a_subscription_cancels_its_pending_deliveries(dss: DSSServer, 
     doomed = client.put({"callback_url": failing.url()}).json()["uuid"]
     kept = client.put({"callback_url": healthy.url()}).json()["uuid"]
     dss.runtime.notifier.notify("aws", "b", "2024-01-01T000000.000000Z", "CREATE", {})
-    failing.wait_for(1, timeout=10)
-    healthy.wait_for(1, timeout=10)
+    failing.wait_for(1, timeout=60)
+    healthy.wait_for(1, timeout=60)
     logged = client.deliveries(doomed).json()["deliveries"]
     assert client.delete(doomed).status_code == 200
     assert logged and logged[0]["state"] == "pending"

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import itertools
-import time
 from typing import Any
 
 import jmespath
@@ -133,27 +132,18 @@ def test_a_parse_cache_is_filled_and_reused() -> None:
     assert ExpressionSet([(1, "uuid == 'b1'")], parsed=cache).matching({"uuid": "b2"}) == [1]
 
 
-def _best_of(runs: int, action: Any) -> float:
-    best = float("inf")
-    for _ in range(runs):
-        started = time.perf_counter()
-        action()
-        best = min(best, time.perf_counter() - started)
-    return best
-
-
 @pytest.mark.parametrize("template", [
     "files.project_json[0].project_core.project_short_name == 'project-{i}'",
     "state == 'new' && files.project_json[0].project_core.project_short_name == 'project-{i}'",
     "files.project_json[0].project_core.project_short_name == 'project-{i}' || uuid == 'b{i}'",
     "contains(files.sample_json[].organ.text, 'organ-{i}')",
 ])
-def test_ten_thousand_subscriptions_match_one_bundle_well_under_50_ms(template: str) -> None:
+def test_ten_thousand_subscriptions_match_one_bundle(template: str) -> None:
+    """Exactly the one subscription; how fast is measured by `make bench` (bench_search.py)."""
     expressions = ExpressionSet((i, template.format(i=i)) for i in range(10_000))
     document = dict(DOCUMENTS[0])
     document["files"] = dict(document["files"],
                              project_json=[{"project_core": {"project_short_name": "project-42"}}],
                              sample_json=[{"organ": {"text": "organ-42"}}, {"organ": {"text": "brain"}}])
-    assert 42 in expressions.matching(document)
-    # Best of several runs: the bound is about the algorithm, not about a busy test machine.
-    assert _best_of(5, lambda: expressions.matching(document)) < 0.05
+    expected = [i for i in range(10_000) if jmespath.search(template.format(i=i), document)]
+    assert 42 in expected and sorted(expressions.matching(document)) == expected

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -264,7 +263,7 @@ def test_a_failed_store_rolls_the_percolator_query_back(tmp_path: Path, search: 
     assert search.percolate("aws", bundle_document()) == []
 
 
-def test_matching_ten_thousand_stored_subscriptions_is_fast(table: Table, search: SearchIndex) -> None:
+def test_matching_ten_thousand_stored_subscriptions(table: Table, search: SearchIndex) -> None:
     for i in range(10_000):
         subscription = Subscription(
             uuid=str(uuid.uuid4()), owner=f"user{i % 500}@example.org", replica="aws",
@@ -275,14 +274,7 @@ def test_matching_ten_thousand_stored_subscriptions_is_fast(table: Table, search
     service.put("aws", OWNER, jmespath_body())  # one without a query, and a generation to build after
     document = bundle_document("project-42")
     assert len(service.matching("aws", document)) == 2  # the first call builds the snapshot
-    best = min(_timed(lambda: service.matching("aws", document)) for _ in range(5))
-    assert best < 0.05
-
-
-def _timed(action: Any) -> float:
-    started = time.perf_counter()
-    action()
-    return time.perf_counter() - started
+    assert len(service.matching("aws", document)) == 2  # later calls reuse it (speed: `make bench`)
 
 
 # --- the notifier --------------------------------------------------------------------------------------

@@ -150,7 +150,7 @@ class Receiver:
         with self._cond:
             return list(self._requests)
 
-    def wait_for(self, count: int, timeout: float = 5.0) -> list[RecordedRequest]:
+    def wait_for(self, count: int, timeout: float = 30.0) -> list[RecordedRequest]:
         """Wait until at least ``count`` requests arrived; fail the test if they do not in time."""
         deadline = time.monotonic() + timeout
         with self._cond:
