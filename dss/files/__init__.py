@@ -19,7 +19,16 @@ from dss.errors import ChecksumMismatch, FileConflict, NotFound
 from dss.events import Event
 from dss.events.bus import EventBus
 from dss.files.sources import SourceResolver, StagedSource
-from dss.identifiers import BlobKey, FileFQID, ObjectKey, Replica, normalise_uuid, validate_version
+from dss.identifiers import (
+    BlobKey,
+    FileFQID,
+    ObjectKey,
+    Replica,
+    normalise_uuid,
+    validate_creator_uid,
+    validate_source_url,
+    validate_version,
+)
 from dss.storage.blobstore import BlobAlreadyExists, BlobNotFound, BlobStore
 from dss.storage.replicas import ImmutableCache, Replicas
 
@@ -58,7 +67,11 @@ class FileService:
 
     # --- reads ------------------------------------------------------------------------------
     def metadata(self, uuid: str, replica: Replica, version: str | None = None) -> FileMetadata:
-        version = version or latest_version(self.replicas[replica], "files", uuid)
+        uuid = normalise_uuid(uuid)
+        if version is None:
+            version = latest_version(self.replicas[replica], "files", uuid)
+        else:
+            version = validate_version(version)
         metadata = self.lookup(replica, uuid, version) if version else None
         if metadata is None:
             raise NotFound("Cannot find file!")
@@ -87,7 +100,11 @@ class FileService:
     # --- writes -----------------------------------------------------------------------------
     def put(self, uuid: str, version: str, source_url: str, creator_uid: int) -> PutResult:
         uuid, version = normalise_uuid(uuid), validate_version(version)
-        source = self.sources.resolve(source_url)
+        source_url, creator_uid = validate_source_url(source_url), validate_creator_uid(creator_uid)
+        with self.sources.resolve(source_url) as source:  # a local source holds an open descriptor
+            return self._put(uuid, version, source, creator_uid)
+
+    def _put(self, uuid: str, version: str, source: StagedSource, creator_uid: int) -> PutResult:
         store = self.replicas[source.replica]
         file_key = str(FileFQID(uuid, version))
         if source.declared is not None:
@@ -99,9 +116,11 @@ class FileService:
         else:
             source, checksums = self._ingest_local(source, store)
         metadata = self._metadata(version, creator_uid, source, checksums)
-        created = self._write_metadata(store, file_key, metadata)
+        # Announced durably before the commit, so that a crash right after it still replicates and indexes.
+        with self.bus.intent([Event(source.replica.value, str(checksums.blob_key)),
+                              Event(source.replica.value, file_key)]):
+            created = self._write_metadata(store, file_key, metadata)
         self.cache.put((store.url, file_key), metadata)
-        self._announce(source.replica, checksums.blob_key, file_key)
         return PutResult(version, created)
 
     @staticmethod

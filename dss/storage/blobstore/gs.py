@@ -1,8 +1,13 @@
 """Google Cloud Storage blob store (`gs://bucket`), over google-cloud-storage.
 
-Credentials and endpoint come from the library: Application Default Credentials, or, when
-`STORAGE_EMULATOR_HOST` is set, the emulator with anonymous credentials. Without any credentials
-the client is anonymous (public buckets, emulators).
+Credentials and endpoint come from Google's own standard settings, which its libraries read: the
+key file named by `GOOGLE_APPLICATION_CREDENTIALS` (or gcloud's application-default file), or, when
+`STORAGE_EMULATOR_HOST` is set, the emulator with anonymous credentials. Nothing else: with neither,
+building a client fails at once with BlobAccessDenied. Application Default Credentials would go on
+to probe the Compute Engine metadata server (169.254.169.254): off Google Cloud that held a request
+naming a `gs://` source for over a minute, and nothing configured asked the server to go there. So
+metadata-server credentials (a VM's service account) and anonymous access to public buckets are not
+used; on Google Cloud, give the server a key file.
 
 Writes of up to `_CHUNK` bytes are one multipart upload. Longer ones become a resumable upload fed
 `_CHUNK` bytes at a time, so a writer holds at most one chunk: the session is opened with the
@@ -111,6 +116,34 @@ def _info_from_resource(key: str, resource: Mapping[str, Any]) -> BlobInfo:
     return BlobInfo(key, int(resource.get("size") or 0), resource.get("contentType") or _DEFAULT_TYPE,
                     dict(resource.get("metadata") or {}), crc32c=_crc32c_hex(resource.get("crc32c")),
                     last_modified=_timestamp(resource.get("updated")))
+
+
+def _configured_credentials() -> tuple[google.auth.credentials.Credentials | None, str | None]:
+    """The credentials an operator configured for Google's libraries, and their project: the key file
+    named by GOOGLE_APPLICATION_CREDENTIALS, else gcloud's application-default file. (None, None) if
+    neither exists.
+
+    These are the first two sources of `google.auth.default()`, asked one by one because default()
+    goes on to App Engine and the Compute Engine metadata server, whose probe is what must not happen.
+    They are private to google-auth; tests/test_gs_credentials.py pins their behaviour.
+    """
+    from google.auth import _default
+
+    try:
+        for find in (_default._get_explicit_environ_credentials, _default._get_gcloud_sdk_credentials):
+            credentials, project = find()
+            if credentials is not None:
+                return credentials, project
+    except google.auth.exceptions.DefaultCredentialsError as exc:
+        # The message names the key file; it goes to the log, not to a client.
+        logger.error("the configured Google credentials cannot be loaded: %s", exc)
+        raise BlobAccessDenied("the Google Cloud credentials configured on the server cannot be loaded") from exc
+    return None, None
+
+
+def _emulated(client: storage.Client) -> bool:
+    """Whether STORAGE_EMULATOR_HOST points the client at an emulator, which takes anonymous requests."""
+    return bool(getattr(client, "_is_emulator_set", False))
 
 
 @functools.cache
@@ -331,14 +364,16 @@ class GSBlobStore(BlobStore):
 
     @classmethod
     def make_client(cls, options: Mapping[str, Any]) -> storage.Client:
-        # Passing project=None would mean "no project"; leaving it out lets the library infer one.
-        project = {"project": options["gcp_project"]} if options.get("gcp_project") else {}
-        try:
-            return storage.Client(**project)
-        except google.auth.exceptions.DefaultCredentialsError:
-            logger.info("no Google credentials found: using an anonymous client")
-            return storage.Client(credentials=google.auth.credentials.AnonymousCredentials(),
-                                  project=options.get("gcp_project"))
+        # An explicit project (None: none) keeps the library from asking google.auth.default() for one.
+        project = options.get("gcp_project") or None
+        anonymous = storage.Client(project=project, credentials=google.auth.credentials.AnonymousCredentials())
+        if _emulated(anonymous):
+            return anonymous  # as the library itself does for an emulator, whatever else is configured
+        credentials, found_project = _configured_credentials()
+        if credentials is None:
+            raise BlobAccessDenied("no Google Cloud credentials are configured on the server "
+                                   "(GOOGLE_APPLICATION_CREDENTIALS, or STORAGE_EMULATOR_HOST for an emulator)")
+        return storage.Client(project=project or found_project, credentials=credentials)
 
     # --- primitives ---------------------------------------------------------------------------
     def _loaded(self, key: str) -> storage.Blob:
