@@ -7,6 +7,7 @@ from typing import Any
 
 from dss.api.responses import page_headers, public_base, reply
 from dss.errors import IllegalArguments
+from dss.jsonlimits import check_json
 from dss.runtime import Runtime
 
 __all__ = ["post"]
@@ -48,9 +49,10 @@ def _decode(cursor: str | None) -> list | None:
     if not cursor:
         return None
     try:
+        check_json(cursor, max_depth=1)  # a list of sort values: refused before json.loads could recurse
         values = json.loads(cursor)
-    except ValueError:
+    except ValueError:  # UnsafeJSON included
         values = None
-    if not isinstance(values, list):
-        raise IllegalArguments(f"search_after is not a cursor this server issued: {cursor!r}")
+    if not isinstance(values, list) or not all(v is None or isinstance(v, (str, int, float)) for v in values):
+        raise IllegalArguments("search_after is not a cursor this server issued")
     return values

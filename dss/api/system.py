@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import copy
 import html
+import inspect
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import swagger_ui_bundle
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -38,6 +41,9 @@ def _base(runtime: Runtime, request: Request) -> str:
     return runtime.config.api_url or f"{request.url.scheme}://{request.url.netloc}"
 
 
+_MARKER = "\u0000dss-servers-url"  # a NUL never occurs in the spec, so the marker is found only where placed
+
+
 def render_spec(spec: dict[str, Any], base: str) -> dict[str, Any]:
     """The contract with `servers` pointing at this deployment (the hca client uses servers[0].url)."""
     rendered = copy.copy(spec)
@@ -50,14 +56,26 @@ def _error(status: int, code: str, title: str) -> JSONResponse:
                         media_type="application/problem+json")
 
 
+def _spec_renderer(spec: dict[str, Any]) -> Callable[[str], bytes]:
+    """The serialised spec for a base URL, in time and memory independent of how many bases are asked for.
+
+    Without DSS_API_URL the base comes from the request's Host header, which any client chooses: a cache
+    keyed by it grew without bound (20,000 hosts, ~400 MiB). The spec is serialised once around a marker
+    instead, and each request splices in its own `servers` URL."""
+    marker = f"{_MARKER}/v1"
+    head, _, tail = json.dumps(render_spec(spec, _MARKER)).partition(json.dumps(marker))
+    head_bytes, tail_bytes = head.encode(), tail.encode()
+
+    def render(base: str) -> bytes:
+        return head_bytes + json.dumps(f"{base}/v1").encode() + tail_bytes
+    return render
+
+
 def system_routes(runtime: Runtime, spec: dict[str, Any]) -> list[BaseRoute]:
-    rendered: dict[str, bytes] = {}
+    rendered = _spec_renderer(spec)
 
     async def swagger_json(request: Request) -> Response:
-        base = _base(runtime, request)
-        if base not in rendered:
-            rendered[base] = json.dumps(render_spec(spec, base)).encode()
-        return Response(rendered[base], media_type="application/json")
+        return Response(rendered(_base(runtime, request)), media_type="application/json")
 
     async def ui(request: Request) -> Response:
         return HTMLResponse(_UI % html.escape("/v1/swagger.json"))
@@ -75,14 +93,35 @@ def system_routes(runtime: Runtime, spec: dict[str, Any]) -> list[BaseRoute]:
         return _serve_blob(runtime, request)
 
     return [
-        Route("/", ui, methods=["GET"]),
-        Route("/v1/swagger.json", swagger_json, methods=["GET"]),
-        Route("/version", version, methods=["GET"]),
-        Route("/internal/health", health, methods=["GET"]),
-        Route("/internal/application_secrets", application_secrets, methods=["GET"]),
-        Route("/blobstore/{name}/{key:path}", blobstore, methods=["GET", "HEAD"]),
+        _route("/", ui, "GET"),
+        _route("/v1/swagger.json", swagger_json, "GET"),
+        _route("/version", version, "GET"),
+        _route("/internal/health", health, "GET"),
+        _route("/internal/application_secrets", application_secrets, "GET"),
+        _route("/blobstore/{name}/{key:path}", blobstore, "GET", "HEAD"),
         Mount("/static/swagger-ui", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger-ui"),
     ]
+
+
+def _route(path: str, endpoint: Callable[[Request], Any], *methods: str) -> Route:
+    """A route that answers other methods with a problem+json 405 and `Allow`, as the API's own routes do
+    (Starlette's own 405 here would be plain text)."""
+    allowed = set(methods) | ({"HEAD"} if "GET" in methods else set())
+    allow = ", ".join(sorted(allowed))
+
+    async def handle(request: Request) -> Response:
+        if request.method not in allowed:
+            response = _error(405, "method_not_allowed", "Method Not Allowed")
+            response.headers["Allow"] = allow
+            return response
+        if inspect.iscoroutinefunction(endpoint):
+            return await endpoint(request)
+        return await run_in_threadpool(endpoint, request)  # blocking work stays off the event loop
+
+    return Route(path, handle, methods=_ALL_METHODS)
+
+
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"]
 
 
 def _serve_blob(runtime: Runtime, request: Request) -> Response:
@@ -97,5 +136,13 @@ def _serve_blob(runtime: Runtime, request: Request) -> Response:
         path = store.path(key)
     except BlobNotFound:
         return _error(404, "not_found", "Cannot find the object")
-    headers = {"Content-Disposition": params["disposition"]} if params.get("disposition") else None
+    disposition = params.get("disposition")
+    if disposition and not _header_safe(disposition):
+        return _error(400, "illegal_arguments", "The URL's disposition is not a valid header value")
+    headers = {"Content-Disposition": disposition} if disposition else None
     return FileResponse(path, media_type=info.content_type, headers=headers, stat_result=path.stat())
+
+
+def _header_safe(value: str) -> bool:
+    """Printable ISO-8859-1, as an HTTP header value must be (no CR, LF or NUL to split or cut it)."""
+    return all(" " <= char <= "~" or "\xa0" <= char <= "\xff" for char in value)

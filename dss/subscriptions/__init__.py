@@ -33,7 +33,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import jmespath
 from jmespath.exceptions import JMESPathError
 
 from dss.errors import Forbidden, NotFound, TooManySubscriptions
@@ -41,19 +40,21 @@ from dss.identifiers import Replica, normalise_uuid
 from dss.index.backend import SearchIndex
 from dss.notify import AllowList, DeliveryStore, check_callback_url
 from dss.notify.urlsafety import Resolver
+from dss.subscriptions.limits import ExpressionTooComplex, compile_expression
 from dss.subscriptions.matching import ExpressionSet
 from dss.subscriptions.model import (
     InvalidAttachmentExpression,
     InvalidAttachmentName,
     InvalidJMESPath,
     Subscription,
+    SubscriptionTooLarge,
     SubscriptionType,
 )
 from dss.tables import Table
 
 __all__ = [
     "SubscriptionService", "Subscription", "SubscriptionType", "InvalidJMESPath", "InvalidAttachmentName",
-    "InvalidAttachmentExpression", "DEFAULT_LIMIT",
+    "InvalidAttachmentExpression", "SubscriptionTooLarge", "DEFAULT_LIMIT",
 ]
 
 logger = logging.getLogger(__name__)
@@ -234,8 +235,8 @@ class SubscriptionService:
         query = subscription.jmespath_query if subscription is not None else None
         if query and query not in self._parsed:
             try:
-                self._parsed[query] = jmespath.compile(query).parsed
-            except JMESPathError as e:
+                self._parsed[query] = compile_expression(query).parsed
+            except (JMESPathError, ExpressionTooComplex) as e:  # stored before today's bounds existed
                 logger.error("Skipping subscription %s: its stored query does not parse (%s)", record.get("uuid"), e)
                 return None
         return subscription

@@ -13,15 +13,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import jmespath
 from jmespath.exceptions import JMESPathError
 
 from dss.errors import IllegalArguments, InvalidRequest
 from dss.notify import Delivery, Secret
+from dss.subscriptions.limits import MAX_SUBSCRIPTION_SIZE, ExpressionTooComplex, compile_expression, serialised_size
 
 __all__ = [
     "Subscription", "SubscriptionType", "InvalidJMESPath", "InvalidAttachmentName", "InvalidAttachmentExpression",
-    "OPTIONAL_FIELDS",
+    "SubscriptionTooLarge", "OPTIONAL_FIELDS",
 ]
 
 # Request fields stored as given, in the order the API shows them.
@@ -46,11 +46,17 @@ class SubscriptionType(enum.StrEnum):
     elasticsearch = "elasticsearch"
 
 
+class SubscriptionTooLarge(InvalidRequest):
+    code = "subscription_too_large"
+
+
 def _compile(expression: Any, error: type[InvalidRequest], what: str) -> None:
     if not isinstance(expression, str):
         raise error(f"{what} must be a string")
     try:
-        jmespath.compile(expression)
+        compile_expression(expression)
+    except ExpressionTooComplex as e:
+        raise error(f"{what} {e}") from None
     except JMESPathError as e:
         raise error(f"{what} is not valid JMESPath: {e}") from None
 
@@ -106,6 +112,10 @@ class Subscription:
                            callback_url=body["callback_url"], hmac_secret_key=Secret(secret) if secret else None,
                            **fields)
         subscription._check_deliverable()
+        size = serialised_size(subscription.to_record())
+        if size > MAX_SUBSCRIPTION_SIZE:
+            raise SubscriptionTooLarge(f"The subscription is {size} bytes as stored; at most {MAX_SUBSCRIPTION_SIZE} "
+                                       "are allowed (query, attachments, form fields and URL together)")
         return subscription
 
     def _check_deliverable(self) -> None:

@@ -17,6 +17,7 @@ from dss.events import Event
 from dss.identifiers import BlobKey, ObjectKey, Replica
 from dss.index.backend import SearchIndex
 from dss.index.document import build_document, doc_id_of, tombstone_document
+from dss.jsonlimits import check_json
 from dss.storage.blobstore import BlobNotFound, BlobStore
 from dss.storage.replicas import Replicas
 
@@ -92,7 +93,9 @@ class IndexHandler:
         contents = dict(zip(wanted, self._pool.map(store.get, wanted)))
 
         def load_json(entry: Mapping[str, Any]) -> Any:
-            return json.loads(contents[blob_of(entry)])  # a JSONDecodeError is a ValueError: skipped
+            data = contents[blob_of(entry)]
+            check_json(data)  # too deep, NaN, lone surrogates: UnsafeJSON, a ValueError, so skipped
+            return json.loads(data)  # a JSONDecodeError is a ValueError too
         return load_json
 
     @staticmethod
