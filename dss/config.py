@@ -48,14 +48,17 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float | None = None) -> float:
     raw = env.get(name)
     if raw in (None, ""):
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if minimum is not None and not value >= minimum:  # also refuses NaN
+        raise ConfigError(f"{name} must be at least {minimum:g}, got {raw!r}")
+    return value
 
 
 def _networks(entries: tuple[str, ...]) -> tuple[str, ...]:
@@ -88,6 +91,7 @@ class Config:
     signed_url_ttl: int = 3600
     bundle_file_wait: float = 15.0
     bundle_manifest_index_limit: int = 20000
+    reconcile_interval: float = 3600.0
     # auth
     audiences: tuple[str, ...] = (HCA_AUDIENCE,)
     group_claim: str = GROUP_CLAIM
@@ -132,6 +136,7 @@ class Config:
             signed_url_ttl=_int(env, "DSS_SIGNED_URL_TTL", 3600, minimum=1),
             bundle_file_wait=_float(env, "DSS_BUNDLE_FILE_WAIT", 15.0),
             bundle_manifest_index_limit=_int(env, "DSS_BUNDLE_MANIFEST_INDEX_LIMIT", 20000),
+            reconcile_interval=_float(env, "DSS_RECONCILE_INTERVAL", 3600.0, minimum=0.0),
             audiences=_csv(env.get("DSS_OIDC_AUDIENCE")) or (HCA_AUDIENCE,),
             group_claim=env.get("DSS_OIDC_GROUP_CLAIM") or GROUP_CLAIM,
             email_claim=env.get("DSS_OIDC_EMAIL_CLAIM") or EMAIL_CLAIM,

@@ -1,22 +1,29 @@
 """The composition root: builds every port and service once from a Config and hands them out.
 
-`Runtime.start()` starts the embedded background workers (the event queue's threads); the Lambda
-entry points never call it, because in the cloud the queue is driven by SQS triggers.
+`Runtime.start()` starts the embedded background workers (the event queue's threads, and the
+anti-entropy pass at start-up and every `DSS_RECONCILE_INTERVAL`, see `dss.events.reconcile`); the
+Lambda entry points never call it, because in the cloud the queue is driven by SQS triggers.
 """
 from __future__ import annotations
 
 import json
 import logging
 import secrets
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from dss.auth import Authenticator, KeyStore
 from dss.auth.ownership import Ownership
 from dss.bundles import BundleService
 from dss.config import Config
+from dss.events import Event
 from dss.events.bus import EventWorkers, Handler, SQLiteEventBus
 from dss.events.handlers.index import IndexHandler
 from dss.events.handlers.sync import SyncHandler
+from dss.events.reconcile import reconcile
+from dss.events.reconcile_loop import ReconcileLoop, remove_orphans
 from dss.files import FileService
 from dss.files.sources import SourceResolver
 from dss.index.backend import open_search_index
@@ -51,6 +58,7 @@ def _sqlite_path(url: str) -> Path:
 class Runtime:
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.created = time.time()
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.factory = BlobStoreFactory(signing_secret=_signing_secret(config.data_dir))
         self.replicas = Replicas(self.factory, config.replica_urls)
@@ -67,25 +75,29 @@ class Runtime:
         self.notifier = Notifier(self.subscriptions, self.deliveries,
                                  api_base=config.api_url or f"http://{config.host}:{config.port}")
         self.bus = SQLiteEventBus(_sqlite_path(config.queue_url), handlers=("sync", "index"))
-        self.files = FileService(self.replicas, SourceResolver(self.factory, config.staging_roots, config.data_dir), self.bus,
-                                 config.data_dir / "spool")
+        self.files = FileService(self.replicas, SourceResolver(self.factory, config.staging_roots, config.data_dir),
+                                 self.bus, config.data_dir / "spool")
         self.bundles = BundleService(self.replicas, self.bus, self.files, config.bundle_file_wait)
         self.handlers: dict[str, Handler] = {
             "sync": SyncHandler(self.replicas, self.bus),
             "index": IndexHandler(self.replicas, self.search, config.bundle_manifest_index_limit, self.notifier),
         }
-        self.workers = EventWorkers(self.bus, self.handlers, threads=config.workers)
+        self.workers = EventWorkers(self.bus, self.handlers, threads=config.workers, exists=self._exists)
+        self.reconciler = ReconcileLoop(self._reconcile, config.data_dir / "reconcile.json",
+                                        config.reconcile_interval, started=self.created)
         self._started = False
 
     def start(self) -> None:
         if not self._started and self.config.workers:
             self.workers.start()
             self.delivery_worker.start()
+            self.reconciler.start()
             self._started = True
             logger.info("DSS runtime started: %s", self.config.describe())
 
     def stop(self) -> None:
         if self._started:
+            self.reconciler.stop()
             self.workers.stop()
             self.delivery_worker.stop()
             self._started = False
@@ -95,6 +107,15 @@ class Runtime:
         self.stop()
         self.search.close()
         self.deliveries.close()
+
+    def _exists(self, event: Event) -> bool:
+        return self.replicas[event.replica].exists(event.key)
+
+    def _reconcile(self, cancelled: Callable[[], bool]) -> Mapping[str, Any]:
+        """Start-up and periodic housekeeping: orphaned temp files, then the anti-entropy pass."""
+        removed = remove_orphans([self.replicas[r] for r in self.replicas], self.config.data_dir / "spool",
+                                 before=self.created)
+        return {**reconcile(self.replicas, self.bus, self.search, cancelled).as_dict(), "orphans_removed": removed}
 
     def healthy(self) -> bool:
         """Every replica answers a listing and the event queue answers a query."""

@@ -1,12 +1,31 @@
 """The durable event queue of the embedded default: SQLite (WAL) plus worker threads.
 
-Schema: `messages(id, handler, body, attempts, due, lease_until, last_error)` and `dead(...)`.
-`publish` inserts one message per handler in one transaction; it returns once the transaction is
-durable. A worker leases the oldest due message (`lease_until = now + lease`), runs the handler, and
-deletes the message on success. On failure it retries with exponential backoff; after `max_attempts`
-the message moves to `dead` (inspected with `dss-ops.py events dead`). A crash mid-handler leaves the
-message leased by a process that no longer exists: `release_orphans()`, called when a runtime starts,
-makes such messages due at once (otherwise they would wait for the lease to expire).
+Schema: `messages(id, handler, body, attempts, due, lease_until, last_error, owner, intent)` and
+`dead(...)`. `publish` inserts one message per handler in one transaction; it returns once the
+transaction is durable. A worker leases the oldest due message (`lease_until = now + lease`), runs the
+handler, and deletes the message on success. On failure it retries with exponential backoff; after
+`max_attempts` the message moves to `dead` (inspected with `dss-ops.py events dead`). A crash
+mid-handler leaves the message leased by a process that no longer exists: `release_orphans()`, called
+when a runtime starts and every minute, makes such messages due at once (otherwise they would wait for
+the lease to expire).
+
+Intents close the window between a commit and its publication (a writer killed after the conditional
+create but before `publish` would leave an object nobody replicates or indexes). A writer announces
+its events *before* the commit, `with bus.intent(events): <commit>`:
+
+- on entry the messages are inserted durably with `intent = 1`, owned by the writer's process and due
+  only after `RetryPolicy.intent` seconds, so workers leave them alone while the write is under way;
+- on a normal exit they are confirmed (`intent = 0`, due now): an ordinary publication. `cancel()`
+  inside the block deletes them instead (the writer found that someone else wrote the key);
+- on an exception they are made due now and still marked as intents;
+- if the writer dies, `release_orphans()` (at start and every minute) makes its intents due.
+
+A worker that leases an intent first asks whether the announced key exists (`EventWorkers(exists=)`):
+if it does, the handler runs as for any event (so the write is replicated and indexed); if not, the
+write never happened and the message is dropped — unless the writer confirmed it meanwhile, which the
+drop detects (`intent = 0`) and then runs it. A writer that confirms messages already dropped (it was
+slower than `RetryPolicy.intent`) publishes them again. At every moment of a crash the queue therefore
+holds a durable event for every committed key, and no event survives for a key never committed.
 """
 from __future__ import annotations
 
@@ -15,14 +34,14 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from dss.events import Event
 from dss.sqlite import immediate
 
-__all__ = ["EventBus", "SQLiteEventBus", "RetryPolicy", "EventWorkers", "Handler"]
+__all__ = ["EventBus", "SQLiteEventBus", "RetryPolicy", "EventWorkers", "Handler", "Intent"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +56,8 @@ CREATE TABLE IF NOT EXISTS messages (
     due REAL NOT NULL,
     lease_until REAL NOT NULL DEFAULT 0,
     last_error TEXT,
-    owner TEXT
+    owner TEXT,
+    intent INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS messages_due ON messages (due, lease_until);
 CREATE TABLE IF NOT EXISTS dead (
@@ -53,6 +73,8 @@ class RetryPolicy:
     base_delay: float = 1.0
     max_delay: float = 600.0
     lease: float = 900.0
+    # How long an announced write may take before a worker checks whether it happened anyway.
+    intent: float = 3600.0
 
     def delay(self, attempts: int) -> float:
         return min(self.max_delay, self.base_delay * 2 ** max(0, attempts - 1))
@@ -64,6 +86,48 @@ class Message:
     handler: str
     event: Event
     attempts: int
+    intent: bool = False
+
+
+class Intent:
+    """Events announced for a write in progress (see the module docstring); a context manager.
+
+    This base class publishes the events when the block ends without an exception and `cancel()` was
+    not called: right for a bus fed by the store's own commit notifications (S3 and GCS in the cloud),
+    where a commit cannot go unannounced."""
+
+    def __init__(self, bus: EventBus, events: Sequence[Event]) -> None:
+        self.bus = bus
+        self.events = tuple(events)
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Nothing was written after all (the key already existed): announce nothing."""
+        self.cancelled = True
+
+    def __enter__(self) -> Intent:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            try:
+                self._failed()
+            except Exception:  # noqa: BLE001 - keep the write's own error; the intents are checked later
+                logger.warning("Could not settle the events of a failed write", exc_info=True)
+        elif self.cancelled:
+            self._withdrawn()
+        else:
+            self._confirmed()
+
+    def _confirmed(self) -> None:
+        for event in self.events:
+            self.bus.publish(event)
+
+    def _withdrawn(self) -> None:
+        pass
+
+    def _failed(self) -> None:
+        """Whether the write happened is unknown; this base class cannot tell, and announces nothing."""
 
 
 class EventBus:
@@ -71,8 +135,13 @@ class EventBus:
 
     handlers: tuple[str, ...]
 
-    def publish(self, event: Event) -> None:
+    def publish(self, event: Event, handlers: Iterable[str] | None = None) -> None:
+        """Queue `event` for every handler, or only for those of `handlers` the bus has."""
         raise NotImplementedError
+
+    def intent(self, events: Sequence[Event]) -> Intent:
+        """Announce `events` before the write they describe: `with bus.intent(events): <commit>`."""
+        return Intent(self, events)
 
     def lease(self) -> Message | None:
         raise NotImplementedError
@@ -102,6 +171,17 @@ class SQLiteEventBus(EventBus):
         self._wakeup = threading.Condition()
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db().executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Queues created before intents existed lack the `intent` column."""
+        db = self._db()
+        if "intent" not in {row[1] for row in db.execute("PRAGMA table_info(messages)")}:
+            try:
+                db.execute("ALTER TABLE messages ADD COLUMN intent INTEGER NOT NULL DEFAULT 0")
+            except sqlite3.OperationalError as error:  # another process added it first
+                if "duplicate column" not in str(error):
+                    raise
 
     def _db(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -112,25 +192,69 @@ class SQLiteEventBus(EventBus):
             self._local.conn = conn
         return conn
 
-    def publish(self, event: Event) -> None:
-        if not self.handlers:
+    def publish(self, event: Event, handlers: Iterable[str] | None = None) -> None:
+        chosen = self.handlers if handlers is None else tuple(h for h in self.handlers if h in set(handlers))
+        if not chosen:
             return
         now, body = time.time(), event.to_json()
         with immediate(self._db()) as db:
             db.executemany("INSERT INTO messages (handler, body, due) VALUES (?, ?, ?)",
-                           [(handler, body, now) for handler in self.handlers])
-        with self._wakeup:
-            self._wakeup.notify_all()
+                           [(handler, body, now) for handler in chosen])
+        self.wake()
+
+    def intent(self, events: Sequence[Event]) -> Intent:
+        return _DurableIntent(self, events)
+
+    def _announce(self, events: Sequence[Event]) -> list[tuple[int, str, str]]:
+        """Insert intent messages; (id, handler, body) of each."""
+        due, owner = time.time() + self.policy.intent, _identity(os.getpid())
+        rows = []
+        with immediate(self._db()) as db:
+            for event in events:
+                body = event.to_json()
+                for handler in self.handlers:
+                    (message_id,) = db.execute(
+                        "INSERT INTO messages (handler, body, due, owner, intent) VALUES (?, ?, ?, ?, 1)"
+                        " RETURNING id", (handler, body, due, owner)).fetchone()
+                    rows.append((message_id, handler, body))
+        return rows
+
+    def _confirm(self, rows: Sequence[tuple[int, str, str]]) -> None:
+        """Turn intents into ordinary messages; publish again any a worker dropped meanwhile."""
+        now = time.time()
+        with immediate(self._db()) as db:
+            for message_id, handler, body in rows:
+                if not db.execute("UPDATE messages SET intent = 0, due = ? WHERE id = ?",
+                                  (now, message_id)).rowcount:
+                    db.execute("INSERT INTO messages (handler, body, due) VALUES (?, ?, ?)", (handler, body, now))
+        self.wake()
+
+    def _settle(self, rows: Sequence[tuple[int, str, str]], *, cancel: bool) -> None:
+        """Delete intents (`cancel`), or make them due now for a worker to check."""
+        ids = [(message_id,) for message_id, _, _ in rows]
+        with immediate(self._db()) as db:
+            if cancel:
+                db.executemany("DELETE FROM messages WHERE id = ? AND intent = 1", ids)
+            else:
+                db.executemany("UPDATE messages SET due = 0 WHERE id = ? AND intent = 1", ids)
+        self.wake()
+
+    def drop_intent(self, message: Message) -> None:
+        """A leased intent whose key does not exist: drop it, unless its writer confirmed it meanwhile
+        (then release it, to run at once)."""
+        with immediate(self._db()) as db:
+            if not db.execute("DELETE FROM messages WHERE id = ? AND intent = 1", (message.id,)).rowcount:
+                db.execute("UPDATE messages SET lease_until = 0 WHERE id = ?", (message.id,))
 
     def lease(self) -> Message | None:
         now, owner = time.time(), _identity(os.getpid())
         row = self._db().execute(
             "UPDATE messages SET lease_until = ?, attempts = attempts + 1, owner = ? WHERE id = ("
             " SELECT id FROM messages WHERE due <= ? AND lease_until <= ? ORDER BY id LIMIT 1)"
-            " RETURNING id, handler, body, attempts", (now + self.policy.lease, owner, now, now)).fetchone()
+            " RETURNING id, handler, body, attempts, intent", (now + self.policy.lease, owner, now, now)).fetchone()
         if row is None:
             return None
-        return Message(row[0], row[1], Event.from_json(row[2]), row[3])
+        return Message(row[0], row[1], Event.from_json(row[2]), row[3], bool(row[4]))
 
     def done(self, message: Message) -> None:
         self._db().execute("DELETE FROM messages WHERE id = ?", (message.id,))
@@ -151,17 +275,23 @@ class SQLiteEventBus(EventBus):
                    (due, error, message.id))
 
     def release_orphans(self) -> int:
-        """Make messages leased by processes that have died due again; returns how many."""
+        """Make messages leased, or announced, by processes that have died due now; returns how many."""
         db = self._db()
+        now = time.time()
         owners = [row[0] for row in db.execute(
-            "SELECT DISTINCT owner FROM messages WHERE lease_until > ? AND owner IS NOT NULL", (time.time(),))]
+            "SELECT DISTINCT owner FROM messages WHERE owner IS NOT NULL AND (lease_until > ?"
+            " OR (intent = 1 AND due > ?))", (now, now))]
         released = 0
         for owner in owners:
             if _identity(int(str(owner).split(":")[0])) != str(owner):
-                released += db.execute("UPDATE messages SET lease_until = 0 WHERE owner = ? AND lease_until > ?",
-                                       (owner, time.time())).rowcount
+                with immediate(db):
+                    released += db.execute("UPDATE messages SET lease_until = 0 WHERE owner = ? AND lease_until > ?",
+                                           (owner, now)).rowcount
+                    released += db.execute("UPDATE messages SET due = 0 WHERE owner = ? AND intent = 1 AND due > ?",
+                                           (owner, now)).rowcount
         if released:
-            logger.info("Released %d events leased by processes that no longer run", released)
+            logger.info("Released %d events leased or announced by processes that no longer run", released)
+            self.wake()
         return released
 
     def next_due(self) -> float | None:
@@ -182,6 +312,24 @@ class SQLiteEventBus(EventBus):
     def wake(self) -> None:
         with self._wakeup:
             self._wakeup.notify_all()
+
+
+class _DurableIntent(Intent):
+    """Intent messages inserted before the write (see the module docstring)."""
+
+    def __init__(self, bus: SQLiteEventBus, events: Sequence[Event]) -> None:
+        super().__init__(bus, events)
+        self.queue = bus
+        self.rows = bus._announce(self.events)
+
+    def _confirmed(self) -> None:
+        self.queue._confirm(self.rows)
+
+    def _withdrawn(self) -> None:
+        self.queue._settle(self.rows, cancel=True)
+
+    def _failed(self) -> None:
+        self.queue._settle(self.rows, cancel=False)
 
 
 def _identity(pid: int) -> str | None:
@@ -205,18 +353,28 @@ def _identity(pid: int) -> str | None:
 
 
 class EventWorkers:
-    """Threads that lease messages and run the named handler; stop() returns promptly."""
+    """Threads that lease messages and run the named handler; stop() returns promptly.
 
-    def __init__(self, bus: SQLiteEventBus, handlers: Mapping[str, Handler], threads: int = 2) -> None:
+    `exists(event)` says whether an event's key is in its replica; it decides intents (see the module
+    docstring). Without it, every intent is taken as a write that happened."""
+
+    orphan_check = 60.0  # seconds between looks for messages of processes that died
+
+    def __init__(self, bus: SQLiteEventBus, handlers: Mapping[str, Handler], threads: int = 2,
+                 exists: Callable[[Event], bool] | None = None) -> None:
         self.bus = bus
         self.handlers = dict(handlers)
         self.count = threads
+        self.exists = exists or (lambda event: True)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._next_orphan_check = 0.0
+        self._orphan_lock = threading.Lock()
 
     def start(self) -> None:
         self._stop.clear()
         self.bus.release_orphans()
+        self._next_orphan_check = time.monotonic() + self.orphan_check
         for n in range(self.count):
             thread = threading.Thread(target=self._run, name=f"dss-events-{n}", daemon=True)
             thread.start()
@@ -231,6 +389,7 @@ class EventWorkers:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._release_orphans_now_and_then()
             if not self.run_once():
                 due = self.bus.next_due()
                 pause = 1.0 if due is None else min(1.0, max(0.0, due - time.time()))
@@ -250,6 +409,9 @@ class EventWorkers:
         try:
             if handler is None:
                 raise LookupError(f"no handler named {message.handler!r}")
+            if message.intent and not self.exists(message.event):
+                self.bus.drop_intent(message)  # the announced write never happened
+                return True
             handler(message.event)
         except Exception as exc:  # noqa: BLE001 - recorded and retried
             logger.warning("%s failed for %s (attempt %d): %s", message.handler, message.event.key,
@@ -258,6 +420,18 @@ class EventWorkers:
         else:
             self.bus.done(message)
         return True
+
+    def _release_orphans_now_and_then(self) -> None:
+        """A sibling process may die while this one runs: look for its messages every minute."""
+        now = time.monotonic()
+        with self._orphan_lock:
+            if now < self._next_orphan_check:
+                return
+            self._next_orphan_check = now + self.orphan_check
+        try:
+            self.bus.release_orphans()
+        except sqlite3.OperationalError as exc:
+            logger.warning("Event queue busy: %s", exc)
 
     def drain(self, timeout: float = 30.0) -> None:
         """Run until nothing is pending (tests and `dss-ops`); raises TimeoutError otherwise."""

@@ -108,6 +108,10 @@ class SearchIndex(abc.ABC):
     def get(self, replica: str, doc_id: str) -> dict[str, Any] | None:
         """The stored document, or None."""
 
+    def existing(self, replica: str, doc_ids: Iterable[str]) -> set[str]:
+        """Those of `doc_ids` that have a document (a batch of a few hundred at a time)."""
+        return {doc_id for doc_id in doc_ids if self.get(replica, doc_id) is not None}
+
     @abc.abstractmethod
     def search(self, replica: str, es_query: Mapping[str, Any], *, size: int,
                search_after: Sequence[Any] | None = None, source: bool = True) -> SearchPage:

@@ -238,6 +238,15 @@ class ElasticsearchSearchIndex(SearchIndex):
             return None
         return found["_source"]
 
+    def existing(self, replica: str, doc_ids: Iterable[str]) -> set[str]:
+        name = self._index(replica)
+        wanted = [doc_id for doc_id in doc_ids if not doc_id.startswith(SUBSCRIPTION_PREFIX)]
+        if not wanted:
+            return set()
+        with _translated(SearchIndexError):
+            found = self._client.mget(index=name, body={"ids": wanted}, _source=False)
+        return {doc["_id"] for doc in found["docs"] if doc.get("found")}
+
     def refresh(self, replica: str) -> None:
         name = self._index(replica)
         with _translated(SearchIndexError):

@@ -127,6 +127,13 @@ class EmbeddedSearchIndex(SearchIndex):
             row = conn.execute(f"SELECT source FROM {store.tables['docs']} WHERE doc_id = ?", (doc_id,)).fetchone()
         return None if row is None else json.loads(row[0])
 
+    def existing(self, replica: str, doc_ids: Iterable[str]) -> set[str]:
+        store = self._store(replica)
+        with store.read() as (conn, _):
+            rows = conn.execute(f"SELECT doc_id FROM {store.tables['docs']} WHERE doc_id IN"
+                                " (SELECT value FROM json_each(?))", (json.dumps(list(doc_ids)),))
+            return {doc_id for (doc_id,) in rows}
+
     # ---------------------------------------------------------------------------------- search
 
     def search(self, replica: str, es_query: Mapping[str, Any], *, size: int,

@@ -4,17 +4,18 @@ Order is kept by construction: before a file's metadata is copied its blob is, a
 manifest is copied every file it names is (blob, then metadata). Every copy is a conditional create,
 so a copy that already exists costs one HEAD and ends the ping-pong between replicas. Each key the
 handler writes is announced on the bus for the destination replica, so that indexing and
-notification happen there too.
+notification happen there too; the announcement is an intent made durable before the copy is
+committed (`EventBus.intent`), so a crash between the two cannot leave a copy that is never indexed.
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from dss.checksums import read_chunks
 from dss.events import Event
-from dss.events.bus import EventBus
+from dss.events.bus import EventBus, Intent
 from dss.identifiers import BlobKey, ObjectKey, Replica
 from dss.storage.blobstore import BlobAlreadyExists, BlobNotFound, BlobStore
 from dss.storage.replicas import Replicas
@@ -37,16 +38,16 @@ class SyncHandler:
             return
         source_replica = Replica(event.replica)
         dest_replica = source_replica.other
-        copier = _Copier(self.replicas[source_replica], self.replicas[dest_replica], self._pool)
+        copier = _Copier(self.replicas[source_replica], self.replicas[dest_replica], self._pool,
+                         lambda key: self.bus.intent([Event(dest_replica.value, key)]))
         copier.sync(event.key)
-        for key in copier.written:
-            self.bus.publish(Event(dest_replica.value, key))
 
 
 class _Copier:
-    def __init__(self, source: BlobStore, dest: BlobStore, pool: ThreadPoolExecutor) -> None:
+    def __init__(self, source: BlobStore, dest: BlobStore, pool: ThreadPoolExecutor,
+                 announce: Callable[[str], Intent]) -> None:
         self.source, self.dest, self.pool = source, dest, pool
-        self.written: list[str] = []
+        self.announce = announce  # the destination's events for a key about to be committed
 
     def sync(self, key: str) -> None:
         if BlobKey.parse(key):
@@ -100,16 +101,17 @@ class _Copier:
                 key, size=info.size, content_type=info.content_type, metadata=info.metadata, if_absent=True) as writer:
             for chunk in read_chunks(reader):
                 writer.write(chunk)
-            try:
-                writer.commit()
-                self.written.append(key)
-            except BlobAlreadyExists:
-                pass
+            with self.announce(key) as intent:
+                try:
+                    writer.commit()
+                except BlobAlreadyExists:
+                    intent.cancel()
 
     def _conditional_write(self, key: str, data: bytes, content_type: str, metadata: Mapping[str, str]) -> None:
-        try:
-            self.dest.put(key, data, content_type=content_type, metadata=metadata, if_absent=True)
-            self.written.append(key)
-        except BlobAlreadyExists:
-            if self.dest.get(key) != data:
-                logger.error("Replicas disagree on %s; keeping the destination's copy", key)
+        with self.announce(key) as intent:
+            try:
+                self.dest.put(key, data, content_type=content_type, metadata=metadata, if_absent=True)
+            except BlobAlreadyExists:
+                intent.cancel()
+                if self.dest.get(key) != data:
+                    logger.error("Replicas disagree on %s; keeping the destination's copy", key)

@@ -5,7 +5,9 @@ small, and a listing whose prefix names at least two characters of the last part
 Key parts may not be empty or start with `.` or `~`. Objects are written to `<root>/.tmp/`, fsynced,
 then published with `link()` (a conditional create: it fails if the key exists) or `replace()` (an
 overwrite). Content type and user metadata live in a sidecar `<path>.meta` published before the
-object itself, so a visible object always has its metadata.
+object itself, so a visible object always has its metadata. Temp files are named `<pid>-<random>`
+after the process writing them, so that `remove_orphaned_temporaries` can delete those of interrupted
+writes without touching a live sibling's (several server processes may share a store).
 
 Signed URLs are served by the DSS API itself (`dss.api.blobserver`): `/blobstore/<name>/<key>` with
 `expires` and an HMAC-SHA256 `signature` over name, key, expiry and disposition.
@@ -54,6 +56,25 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _temp_name() -> str:
+    return f"{os.getpid()}-{uuid.uuid4().hex}"
+
+
+def _running(pid: int) -> bool:
+    """Is `pid` a live process (not a zombie)? Unknown pids of other users count as live."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
 class _RangeReader:
     """A file object limited to [start, end)."""
 
@@ -86,7 +107,7 @@ class _LocalWriter(BlobWriter):
                  metadata: Mapping[str, str] | None, if_absent: bool) -> None:
         self.store, self.key, self.if_absent = store, key, if_absent
         self.content_type, self.metadata = content_type, dict(metadata or {})
-        self.tmp = store.tmp_dir / uuid.uuid4().hex
+        self.tmp = store.tmp_dir / _temp_name()
         self._file: BinaryIO | None = open(self.tmp, "wb")
         self.size = 0
 
@@ -203,13 +224,31 @@ class LocalBlobStore(BlobStore):
     def put_file(self, key: str, path: Path, *, content_type: str = "application/octet-stream",
                  metadata: Mapping[str, str] | None = None, if_absent: bool = False) -> BlobInfo:
         """Link the file into place when it is on the same file system: no second copy of the bytes."""
-        staged = self.tmp_dir / uuid.uuid4().hex
+        staged = self.tmp_dir / _temp_name()
         try:
             os.link(path, staged)
         except OSError:
             return super().put_file(key, path, content_type=content_type, metadata=metadata, if_absent=if_absent)
         writer = _LocalWriter.adopt(self, key, staged, content_type, metadata, if_absent)
         return writer.commit()
+
+    def remove_orphaned_temporaries(self, before: float) -> int:
+        """Delete the temp files of interrupted writes; returns how many.
+
+        A temp file is orphaned when it was last modified before `before` (the caller's start, as
+        epoch seconds) and the process named in it no longer runs; files named without a pid (older
+        versions) only need the age. The age also protects a live writer in another pid namespace."""
+        removed = 0
+        for entry in os.scandir(self.tmp_dir):
+            owner = entry.name.split("-", 1)[0] if "-" in entry.name else ""
+            try:
+                if entry.stat().st_mtime >= before or (owner.isdigit() and _running(int(owner))):
+                    continue
+                os.unlink(entry.path)
+                removed += 1
+            except FileNotFoundError:  # committed or aborted meanwhile
+                continue
+        return removed
 
     def delete(self, key: str) -> None:
         path = self.path(key)
