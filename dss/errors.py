@@ -6,8 +6,8 @@ which the domain translates where it matters.
 
     DSSError
     ├── InvalidRequest          (client sent something unusable)
-    │   ├── IllegalVersion, IllegalArguments, UnknownSourceSchema, DuplicateFilename, FileMissing,
-    │   │   OnlyOneUrlType, IllegalToken, IllegalSource
+    │   ├── IllegalVersion, IllegalArguments (IllegalUUID, IllegalFileName), UnknownSourceSchema,
+    │   │   DuplicateFilename, FileMissing, OnlyOneUrlType, IllegalToken, IllegalSource
     ├── NotFound
     ├── Conflict                FileConflict, BundleConflict, TombstoneConflict
     ├── Unprocessable           MissingChecksum, InvalidChecksum, ChecksumMismatch
@@ -17,7 +17,8 @@ which the domain translates where it matters.
 from __future__ import annotations
 
 __all__ = [
-    "DSSError", "InvalidRequest", "IllegalVersion", "IllegalArguments", "UnknownSourceSchema",
+    "DSSError", "InvalidRequest", "IllegalVersion", "IllegalArguments", "IllegalUUID", "IllegalFileName",
+    "UnknownSourceSchema",
     "IllegalSource", "DuplicateFilename", "FileMissing", "OnlyOneUrlType", "IllegalToken", "NotFound",
     "Conflict", "FileConflict", "BundleConflict", "TombstoneConflict", "Unprocessable",
     "MissingChecksum", "InvalidChecksum", "ChecksumMismatch", "AuthProblem", "Unauthorized",
@@ -45,6 +46,17 @@ class IllegalVersion(InvalidRequest):
 
 class IllegalArguments(InvalidRequest):
     code = "illegal_arguments"
+
+
+class IllegalUUID(IllegalArguments):
+    """Not a whole 8-4-4-4-12 uuid. The code is the one the spec's pattern answers with (the contract), so
+    that a client sees one code whichever layer refused the uuid."""
+    code = "illegal_arguments"
+
+
+class IllegalFileName(IllegalArguments):
+    """A bundle file name no store, index or client disk could hold (NUL, `a//b`, `．．／x`, too long…)."""
+    code = "illegal_file_name"
 
 
 class UnknownSourceSchema(InvalidRequest):

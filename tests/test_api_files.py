@@ -56,15 +56,18 @@ def test_latest_version_and_explicit_versions(dss):
     assert head.headers["X-DSS-VERSION"] == max(versions)
     old = requests.head(f"{dss.url}/v1/files/{file_uuid}", params={"replica": "aws", "version": versions[2]})
     assert old.headers["X-DSS-VERSION"] == versions[2]
-    missing = requests.head(f"{dss.url}/v1/files/{file_uuid}", params={"replica": "aws", "version": "nope"})
+    missing = requests.head(f"{dss.url}/v1/files/{file_uuid}",
+                            params={"replica": "aws", "version": "2018-01-01T000000.000000Z"})
     assert missing.status_code == 404
+    malformed = requests.head(f"{dss.url}/v1/files/{file_uuid}", params={"replica": "aws", "version": "nope"})
+    assert malformed.status_code == 400
 
 
-def test_uppercase_uuid_is_lowercased_on_put_but_not_on_get(dss):
+def test_uppercase_uuid_is_lowercased_on_put_and_on_reads(dss):
     file_uuid, version = new_uuid(), new_version()
     assert put_file(dss, stage_local(dss.staging, b"x"), file_uuid.upper(), version).status_code == 201
     assert requests.head(f"{dss.url}/v1/files/{file_uuid}", params={"replica": "aws"}).status_code == 200
-    assert requests.head(f"{dss.url}/v1/files/{file_uuid.upper()}", params={"replica": "aws"}).status_code == 404
+    assert requests.head(f"{dss.url}/v1/files/{file_uuid.upper()}", params={"replica": "aws"}).status_code == 200
 
 
 def test_directurl_gives_native_url(dss):

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import json
+import re
 
 from dss.api.responses import absolute, reply
 from dss.auth import require_group
-from dss.errors import IllegalToken
+from dss.errors import IllegalArguments, IllegalToken
 from dss.files import FileMetadata
 from dss.identifiers import Replica
 from dss.runtime import Runtime
@@ -30,6 +31,8 @@ def get(runtime: Runtime, uuid: str, replica: str, version: str | None = None, t
         directurl: bool = False, content_disposition: str | None = None):
     if token is not None:
         _check_token(token)
+    if content_disposition is not None:
+        _check_content_disposition(content_disposition)
     metadata = runtime.files.metadata(uuid, Replica(replica), version)
     url = runtime.files.download_url(metadata, Replica(replica), runtime.config.signed_url_ttl, direct=directurl,
                                      content_disposition=None if directurl else content_disposition)
@@ -41,6 +44,18 @@ def put(runtime: Runtime, uuid: str, version: str, body: dict, token_info: dict)
     runtime.owners.claim("files", uuid, token_info["principal"])
     result = runtime.files.put(uuid, version, body["source_url"], body["creator_uid"])
     return reply({"version": result.version}, 201 if result.created else 200)
+
+
+# A header value: printable ISO-8859-1 (RFC 9110 field-value). A CR, LF or NUL would break the download's
+# response (or inject a header); a character beyond Latin-1 cannot be sent at all. Non-ASCII file names
+# travel as RFC 6266 `filename*=UTF-8''…`, which is ASCII.
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\xa0-\xff]*")
+
+
+def _check_content_disposition(value: str) -> None:
+    if not _HEADER_VALUE.fullmatch(value):
+        raise IllegalArguments("content_disposition must be printable ISO-8859-1 text, without line breaks; "
+                               "use filename*=UTF-8''… for other characters")
 
 
 def _check_token(token: str) -> None:

@@ -7,13 +7,14 @@ written only after every file it names exists in the same replica.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from dss.errors import BundleConflict, DuplicateFilename, FileMissing, NotFound, TombstoneConflict
+from dss.errors import BundleConflict, DuplicateFilename, FileMissing, NotFound, TombstoneConflict, Unavailable
 from dss.events import Event
 from dss.events.bus import EventBus
 from dss.files import FileService
@@ -24,6 +25,9 @@ from dss.identifiers import (
     Replica,
     new_version,
     normalise_uuid,
+    validate_creator_uid,
+    validate_file_name,
+    validate_text,
     validate_version,
 )
 from dss.storage.blobstore import BlobAlreadyExists, BlobStore
@@ -36,6 +40,7 @@ logger = logging.getLogger(__name__)
 BUNDLE_FORMAT = "0.0.1"
 Manifest = dict[str, Any]
 _LOOKUP_THREADS = 16
+MAX_FILE_WAITERS = 8  # requests that may wait for missing files at once, per process (see _resolve)
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,9 @@ class BundleFile:
 
     @classmethod
     def from_request(cls, item: dict) -> BundleFile:
-        return cls(item["name"], normalise_uuid(item["uuid"]), validate_version(item["version"]),
+        """A PUT file or PATCH add_files entry, validated: names already in a manifest are not re-judged, so
+        that a bundle stored under older rules can still be patched."""
+        return cls(validate_file_name(item["name"]), normalise_uuid(item["uuid"]), validate_version(item["version"]),
                    bool(item["indexed"]))
 
 
@@ -60,17 +67,20 @@ class EnumerationPage:
 
 class BundleService:
     def __init__(self, replicas: Replicas, bus: EventBus, files: FileService, file_wait: float,
-                 cache: ImmutableCache | None = None) -> None:
+                 cache: ImmutableCache | None = None, max_waiters: int = MAX_FILE_WAITERS) -> None:
         self.replicas = replicas
         self.bus = bus
         self.files = files
         self.file_wait = file_wait
+        self.max_waiters = max_waiters
+        self._waiters = threading.BoundedSemaphore(max_waiters)  # see _resolve
         self.cache = cache or ImmutableCache()
         self._pool = ThreadPoolExecutor(_LOOKUP_THREADS, thread_name_prefix="dss-bundle-files")
 
     # --- reads ------------------------------------------------------------------------------
     def get(self, uuid: str, replica: Replica, version: str | None = None) -> Manifest:
         uuid, store = normalise_uuid(uuid), self.replicas[replica]
+        version = None if version is None else validate_version(version)
         keys = list(store.list(f"bundles/{uuid}."))
         versions, dead = _versions(keys)
         if None in dead or (version and version in dead):
@@ -96,13 +106,15 @@ class BundleService:
     def put(self, uuid: str, version: str, replica: Replica, files: Sequence[dict],
             creator_uid: int) -> tuple[Manifest, bool]:
         uuid, version = normalise_uuid(uuid), validate_version(version)
+        creator_uid = validate_creator_uid(creator_uid)
         entries = [BundleFile.from_request(f) for f in files]
         _check_names(entries)
         store = self.replicas[replica]
         manifest = {"format": BUNDLE_FORMAT, "version": version, "files": self._resolve(replica, entries),
                     "creator_uid": creator_uid}
-        created = self._write_once(store, str(BundleFQID(uuid, version)), manifest, BundleConflict)
-        self.bus.publish(Event(replica.value, str(BundleFQID(uuid, version))))
+        # Each write is announced durably before its commit: a crash right after it still replicates and indexes.
+        with self.bus.intent([Event(replica.value, str(BundleFQID(uuid, version)))]):
+            created = self._write_once(store, str(BundleFQID(uuid, version)), manifest, BundleConflict)
         return manifest, created
 
     def patch(self, uuid: str, version: str, replica: Replica, add: Sequence[dict] | None,
@@ -116,12 +128,14 @@ class BundleService:
         _check_names([BundleFile(f["name"], f["uuid"], f["version"], f["indexed"]) for f in kept] + added)
         new = new_version()
         manifest = {**base, "version": new, "files": kept + self._resolve(replica, added)}
-        self._write_once(store, str(BundleFQID(uuid, new)), manifest, BundleConflict)
-        self.bus.publish(Event(replica.value, str(BundleFQID(uuid, new))))
+        with self.bus.intent([Event(replica.value, str(BundleFQID(uuid, new)))]):
+            self._write_once(store, str(BundleFQID(uuid, new)), manifest, BundleConflict)
         return new
 
     def delete(self, uuid: str, replica: Replica, version: str | None, reason: str, email: str) -> None:
         uuid, store = normalise_uuid(uuid), self.replicas[replica]
+        version = None if version is None else validate_version(version)
+        reason = validate_text(reason, "reason")
         prefix = f"bundles/{uuid}.{version}" if version else f"bundles/{uuid}."
         if next(iter(store.list(prefix)), None) is None:
             raise NotFound("Cannot find bundle!")
@@ -129,8 +143,8 @@ class BundleService:
         if version:
             tombstone["version"] = version
         key = str(BundleTombstoneID(uuid, version))
-        self._write_once(store, key, tombstone, TombstoneConflict)
-        self.bus.publish(Event(replica.value, key))
+        with self.bus.intent([Event(replica.value, key)]):
+            self._write_once(store, key, tombstone, TombstoneConflict)
 
     # --- helpers ----------------------------------------------------------------------------
     def _write_once(self, store: BlobStore, key: str, document: dict, conflict: type[Exception]) -> bool:
@@ -143,21 +157,45 @@ class BundleService:
             return False
 
     def _resolve(self, replica: Replica, entries: Sequence[BundleFile]) -> list[dict]:
-        """Manifest entries for `entries`, waiting a bounded time for files still being written."""
+        """Manifest entries for `entries`, waiting a bounded time for files still being written.
+
+        A waiting request holds a server thread (handlers are synchronous; Connexion runs them on anyio's
+        pool of 40 threads, which every other request needs too), so at most `max_waiters` requests wait at
+        once, each for at most `file_wait` seconds (well inside the API's 25 s deadline). Any other request
+        naming a missing file is answered at once with 503 and Retry-After (hca retries it): whether its
+        files will still arrive (a write in flight, replication from the other replica) is unknown, and
+        the server cannot afford to find out now. So a flood of such requests parks `max_waiters` threads,
+        not all of them, and requests whose files exist never wait."""
         deadline = time.monotonic() + self.file_wait
-        found: dict[tuple[str, str], dict] = {}
         wanted = list(dict.fromkeys((e.uuid, e.version) for e in entries))  # each file once
-        while True:
-            missing = [fqid for fqid in wanted if fqid not in found]
-            results = self._pool.map(lambda fqid: (fqid, self.files.lookup(replica, *fqid)), missing)
-            found.update((fqid, meta) for fqid, meta in results if meta is not None)
-            if len(found) == len(wanted):
-                break
-            if time.monotonic() >= deadline:
+        found = self._lookup(replica, wanted, {})
+        if len(found) < len(wanted) and self.file_wait > 0:
+            if self._waiters.acquire(blocking=False):
+                try:
+                    found = self._wait(replica, wanted, found, deadline)
+                finally:
+                    self._waiters.release()
+            else:
                 uuid, version = next(fqid for fqid in wanted if fqid not in found)
-                raise FileMissing(f"Bundle refers to a file that does not exist: {uuid}.{version}")
-            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+                raise Unavailable(f"Bundle refers to a file that does not exist (yet): {uuid}.{version}; the server is "
+                                  f"already waiting for the files of {self.max_waiters} other requests. Retry later.")
+        if len(found) < len(wanted):
+            uuid, version = next(fqid for fqid in wanted if fqid not in found)
+            raise FileMissing(f"Bundle refers to a file that does not exist: {uuid}.{version}")
         return [_manifest_entry(e, found[(e.uuid, e.version)]) for e in entries]
+
+    def _lookup(self, replica: Replica, wanted: Sequence[tuple[str, str]],
+                found: dict[tuple[str, str], dict]) -> dict[tuple[str, str], dict]:
+        missing = [fqid for fqid in wanted if fqid not in found]
+        results = self._pool.map(lambda fqid: (fqid, self.files.lookup(replica, *fqid)), missing)
+        return {**found, **{fqid: meta for fqid, meta in results if meta is not None}}
+
+    def _wait(self, replica: Replica, wanted: Sequence[tuple[str, str]], found: dict[tuple[str, str], dict],
+              deadline: float) -> dict[tuple[str, str], dict]:
+        while len(found) < len(wanted) and time.monotonic() < deadline:
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+            found = self._lookup(replica, wanted, found)
+        return found
 
 
 def _manifest_entry(entry: BundleFile, meta: dict) -> dict:
