@@ -6,13 +6,14 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 HCA_VENV := .venv-hca
+NODE_TOOLS := .node-tools
 PYTEST_ARGS ?=
 
-.PHONY: run test lint unit bench bench-quick lock clean hca-client
+.PHONY: run test lint unit bench bench-quick fuzz lock clean hca-client
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --upgrade "pip<26.3"  # chalice 1.34 refuses pip 26.3
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
@@ -20,12 +21,17 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 # newer tenacity than it asks for (its own pin uses asyncio.coroutine, removed in 3.11).
 $(HCA_VENV)/.installed:
 	test -x $(HCA_VENV)/bin/python || $(PYTHON) -m venv $(HCA_VENV)
-	$(HCA_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(HCA_VENV)/bin/python -m pip install --quiet --upgrade "pip<26.3"
 	$(HCA_VENV)/bin/python -m pip install --quiet hca==7.0.1
 	$(HCA_VENV)/bin/python -m pip install --quiet 'tenacity>=8,<9'
 	touch $@
 
 hca-client: $(HCA_VENV)/.installed
+
+# Node tools the tests call: asl-validator checks every workflow definition (tests/test_workflows_definitions.py).
+$(NODE_TOOLS)/.installed:
+	npm install --silent --no-audit --no-fund --prefix $(NODE_TOOLS) asl-validator@4.0.0
+	touch $@
 
 run: $(VENV)/.installed
 	mkdir -p staging
@@ -35,10 +41,10 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check dss chalice scripts tests benchmarks dss-api
 	$(BIN)/mypy
 
-test: $(VENV)/.installed $(HCA_VENV)/.installed lint
+test: $(VENV)/.installed $(HCA_VENV)/.installed $(NODE_TOOLS)/.installed lint
 	DSS_HCA_BIN=$(abspath $(HCA_VENV))/bin/hca $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-unit: $(VENV)/.installed
+unit: $(VENV)/.installed $(NODE_TOOLS)/.installed
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed
@@ -50,6 +56,12 @@ bench-quick: $(VENV)/.installed
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python benchmarks/run.py --quick
 	$(BIN)/python benchmarks/bench_search.py --quick
+
+# Schemathesis against the spec a real ./dss-api serves (admin token, fixed seed, 1,000 cases per operation,
+# at least 10,000 requests): fails on any server error or contract violation. FUZZ_ARGS adds options.
+FUZZ_ARGS ?=
+fuzz: $(VENV)/.installed
+	$(BIN)/python scripts/fuzz.py $(FUZZ_ARGS)
 
 # Re-pin the lock files from the .in files (run after changing a direct dependency).
 lock:

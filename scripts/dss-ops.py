@@ -5,6 +5,7 @@
     .venv/bin/python scripts/dss-ops.py trust-service-account --key-file sa.json
     .venv/bin/python scripts/dss-ops.py events pending|dead
     .venv/bin/python scripts/dss-ops.py sync verify [--replica aws]
+    .venv/bin/python scripts/dss-ops.py sync reconcile
     .venv/bin/python scripts/dss-ops.py index reindex --replica aws
 
 Settings come from the same DSS_* environment variables as the server (DSS_DATA_DIR above all).
@@ -66,6 +67,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from dss.ops import verify_sync
 
     runtime = _runtime()
+    if args.action == "reconcile":
+        report = runtime.reconciler.run(force=True)
+        print(json.dumps(report, indent=2))
+        print("Events for what was missing are queued: a running server's workers handle them "
+              "(or run `events drain`).", file=sys.stderr)
+        return 0
     problems = verify_sync(runtime.replicas, Replica(args.replica))
     for problem in problems:
         print(problem)
@@ -114,10 +121,14 @@ def parser() -> argparse.ArgumentParser:
     index.add_argument("--replica", required=True, choices=["aws", "gcp"])
     index.set_defaults(func=cmd_index)
 
-    sync = commands.add_parser("sync", help="check that every object of a replica exists in the other")
-    sync.add_argument("action", choices=["verify"])
+    sync = commands.add_parser("sync", help="check that every object of a replica exists in the other (verify), "
+                                            "or queue replication and indexing of whatever is missing (reconcile)")
+    sync.add_argument("action", choices=["verify", "reconcile"])
     sync.add_argument("--replica", default="aws", choices=["aws", "gcp"])
     sync.set_defaults(func=cmd_sync)
+
+    from dss.workflows.history import add_cli as add_workflows_cli
+    add_workflows_cli(commands, lambda: _config().data_dir / "workflows.sqlite3")
     return top
 
 
