@@ -1,24 +1,29 @@
 """The four DSS checksums of a byte stream, computed in one pass.
 
-Each digest (and any extra sink, such as the destination writer) runs in its own thread fed by a
-bounded queue, so a stream is read once and the digests proceed in parallel: hashlib and
-google-crc32c release the GIL on large buffers.
+`digest_stream` reads a stream once and keeps every core busy: sha256, sha1 and crc32c each advance
+in order, and the MD5s of the S3 ETag's parts, which are independent, run side by side, all on a pool
+of one worker per core (hashlib and google-crc32c release the GIL on large buffers); see `_Lanes`.
+`fan_out` is the older scheme, one thread per sink fed by a bounded queue, kept for sinks that need
+every chunk in a thread of their own.
 """
 from __future__ import annotations
 
+import collections
 import hashlib
+import os
 import queue
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any, BinaryIO
 
 import google_crc32c
 
 from dss.identifiers import BlobKey
 
 __all__ = ["Checksums", "ChecksumSet", "s3_part_size", "checksum_stream", "fan_out", "CHUNK_SIZE",
-           "CHECKSUM_PATTERNS"]
+           "CHECKSUM_PATTERNS", "digest_stream"]
 
 MiB = 1024 * 1024
 CHUNK_SIZE = 8 * MiB
@@ -162,6 +167,173 @@ def read_chunks(reader, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
 
 def checksum_stream(reader, size: int) -> Checksums:
     """Checksums of everything `reader` yields (used for verification and by clients in tests)."""
-    digests = ChecksumSet(size)
-    fan_out(read_chunks(reader), digests.sinks())
-    return digests.result()
+    return digest_stream(reader, size)[0]
+
+
+# --- parallel one-pass digests ----------------------------------------------------------------------
+# sha256, sha1 and crc32c are sequential by nature; the S3 ETag's part MD5s are independent of one
+# another. Each is a *lane*: an ordered queue of chunks that one worker at a time consumes. Workers (one
+# per core) always take the ready lane whose next chunk is the oldest, so every lane advances together
+# and a slow lane (MD5, the costliest digest) is helped by running two of its parts at once. The reader
+# stays at most `window` bytes ahead of the slowest lane, which bounds memory.
+
+
+class _Lane:
+    __slots__ = ("consume", "pending", "busy", "retired")
+
+    def __init__(self, consume: Callable[[bytes], object]) -> None:
+        self.consume = consume
+        self.pending: collections.deque[_Chunk] = collections.deque()
+        self.busy = False
+        self.retired = False  # no further chunk will be queued; dropped once drained
+
+
+class _Chunk:
+    __slots__ = ("data", "sequence", "references")
+
+    def __init__(self, data: bytes, sequence: int, references: int) -> None:
+        self.data, self.sequence, self.references = data, sequence, references
+
+
+class _Lanes:
+    """The scheduler: a set of lanes and worker threads sharing one condition variable."""
+
+    def __init__(self, workers: int, window: int) -> None:
+        self.condition = threading.Condition()
+        self.lanes: list[_Lane] = []
+        self.window, self.in_flight = window, 0
+        self.error: BaseException | None = None
+        self.closed = False
+        self.threads = [threading.Thread(target=self._work, daemon=True) for _ in range(workers)]
+        for thread in self.threads:
+            thread.start()
+
+    def add(self, lane: _Lane) -> _Lane:
+        with self.condition:
+            self.lanes.append(lane)
+        return lane
+
+    def retire(self, lane: _Lane) -> None:
+        with self.condition:
+            lane.retired = True
+            self.condition.notify_all()
+
+    def submit(self, data: bytes, sequence: int, lanes: list[_Lane]) -> None:
+        with self.condition:
+            while self.in_flight >= self.window and self.error is None:
+                self.condition.wait()
+            self._raise()
+            chunk = _Chunk(data, sequence, len(lanes))
+            for lane in lanes:
+                lane.pending.append(chunk)
+            self.in_flight += len(data)
+            self.condition.notify_all()
+
+    def finish(self) -> None:
+        """Wait until every queued chunk is consumed; re-raise the first failure of a lane."""
+        with self.condition:
+            self.closed = True
+            self.condition.notify_all()
+        for thread in self.threads:
+            thread.join()
+        self._raise()
+
+    def abandon(self, error: BaseException) -> None:
+        with self.condition:
+            self.error = self.error or error
+            self.closed = True
+            self.condition.notify_all()
+        for thread in self.threads:
+            thread.join()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _next(self) -> _Lane | None:
+        """The ready lane whose next chunk is oldest; drained retired lanes are dropped on the way."""
+        self.lanes = [lane for lane in self.lanes if lane.pending or lane.busy or not lane.retired]
+        ready = [lane for lane in self.lanes if lane.pending and not lane.busy]
+        return min(ready, key=lambda lane: lane.pending[0].sequence, default=None)
+
+    def _work(self) -> None:
+        with self.condition:
+            while True:
+                lane = self._next() if self.error is None else None
+                if lane is None:
+                    if self.error is not None or (self.closed and not any(lane.pending for lane in self.lanes)):
+                        return
+                    self.condition.wait()
+                    continue
+                lane.busy = True
+                chunk = lane.pending.popleft()
+                self.condition.release()
+                try:
+                    lane.consume(chunk.data)
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the reader's thread
+                    failure: BaseException | None = exc
+                else:
+                    failure = None
+                finally:
+                    self.condition.acquire()
+                lane.busy = False
+                self.error = self.error or failure
+                chunk.references -= 1
+                if chunk.references == 0:
+                    self.in_flight -= len(chunk.data)
+                self.condition.notify_all()
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def digest_stream(reader: BinaryIO, size: int, sink: Callable[[bytes], object] | None = None, *,
+                  chunk_size: int = CHUNK_SIZE, workers: int | None = None) -> tuple[Checksums, int]:
+    """The four checksums of everything `reader` yields, and the byte count, in one read of the stream.
+
+    `sink`, if given, receives every chunk in order (in a lane of its own, so it overlaps the digests).
+    `size` is what the stream was announced to hold: it fixes the S3 part size (as the ETag rule does);
+    the digests are of the bytes actually read, whatever their number."""
+    single = size <= S3_SINGLE_PART_LIMIT
+    part_size = 1 << 62 if single else s3_part_size(size)  # one MD5 over everything when single
+    window = (max(size, chunk_size) if single else part_size) + 4 * chunk_size
+    sha256, sha1, crc = hashlib.sha256(), hashlib.sha1(), google_crc32c.Checksum()
+    parts: list[Any] = []
+    pool = _Lanes(workers or _cores(), window)
+    fixed = [pool.add(_Lane(sha256.update)), pool.add(_Lane(sha1.update)), pool.add(_Lane(crc.update))]
+    if sink is not None:
+        fixed.append(pool.add(_Lane(sink)))
+    total = sequence = 0
+    part_lane: _Lane | None = None
+    try:
+        while True:
+            offset = total % part_size
+            chunk = reader.read(min(chunk_size, part_size - offset))
+            if not chunk:
+                break
+            if part_lane is None or offset == 0:
+                if part_lane is not None:
+                    pool.retire(part_lane)
+                parts.append(hashlib.md5())
+                part_lane = pool.add(_Lane(parts[-1].update))
+            pool.submit(chunk, sequence, [*fixed, part_lane])
+            total, sequence = total + len(chunk), sequence + 1
+    except BaseException as exc:
+        pool.abandon(exc)
+        raise
+    for lane in [*fixed, *([part_lane] if part_lane else [])]:
+        pool.retire(lane)
+    pool.finish()
+    return Checksums(sha256.hexdigest(), sha1.hexdigest(), _etag(parts, single), crc.digest().hex()), total
+
+
+def _etag(parts: list[Any], single: bool) -> str:
+    if not parts:
+        return hashlib.md5().hexdigest()
+    if single or len(parts) == 1:
+        return parts[0].hexdigest()
+    return f"{hashlib.md5(b''.join(part.digest() for part in parts)).hexdigest()}-{len(parts)}"

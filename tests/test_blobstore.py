@@ -12,7 +12,9 @@ import os
 import random
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
 
 import botocore.exceptions
 import google.auth.exceptions
@@ -204,6 +206,21 @@ def test_list_descends_below_the_prefix(blobstore: BlobStore) -> None:
     assert list(blobstore.list("bun")) == sorted(keys)
 
 
+def test_names_a_file_system_treats_specially_are_ordinary_keys(blobstore: BlobStore) -> None:
+    """Bundle file names become checkout keys: hidden, shard-like, sidecar-like and escape-like parts too."""
+    keys = ["c/.bashrc", "c/~y", "c/%z", "c/%2ebashrc", "c/a.meta", "c/a", "c/.d/f", "c/~d/.meta", "c/-", "c/zz"]
+    for key in keys:
+        blobstore.put(key, key.encode())
+    for key in keys:
+        assert blobstore.get(key) == key.encode(), key
+    assert list(blobstore.list("c/")) == sorted(keys)
+    assert list(blobstore.list("c/.")) == sorted(k for k in keys if k.startswith("c/."))
+    assert list(blobstore.list("c/", start_after="c/.d/f")) == sorted(k for k in keys if k > "c/.d/f")
+    for bad in ("c/../x", "c/./x", "c//x"):
+        with pytest.raises(BlobNotFound):
+            blobstore.get(bad)
+
+
 # --- large, streamed writes ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def big_data() -> bytes:
@@ -257,6 +274,97 @@ def test_abort_leaves_nothing(blobstore: BlobStore, big_data: bytes) -> None:
     if blobstore.scheme == "s3":
         uploads = blobstore.client.list_multipart_uploads(Bucket=blobstore.bucket)  # type: ignore[attr-defined]
         assert uploads.get("Uploads", []) == []
+
+
+# --- copies from another store (the copy workflow's steps) --------------------------------------
+NATIVE = {"s3": {"s3-multipart", "s3-copy-object"}, "gs": {"gs-rewrite"}}
+# What each method lets `verify` see: a native copy only what the service computed.
+ESTABLISHED = {"s3-multipart": {"size", "s3_etag"}, "s3-copy-object": {"size", "s3_etag"},
+               "gs-rewrite": {"size", "crc32c"}, "staged": {"size", "sha256", "sha1", "s3_etag", "crc32c"}}
+
+
+def _source_store(kind: str, destination: BlobStore, request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
+    """Another store: of the destination's kind ("same"), or on local disk ("file")."""
+    if kind == "file" or destination.scheme == "file":
+        return BlobStoreFactory(**STORE_OPTIONS).for_url((tmp_path / "source").as_uri())
+    fixture = "new_s3_bucket" if destination.scheme == "s3" else "new_gcs_bucket"
+    return BlobStoreFactory(**STORE_OPTIONS).for_url(f"{destination.scheme}://{request.getfixturevalue(fixture)()}")
+
+
+def _copy(source: BlobStore, source_key: str, target: BlobStore, key: str,
+          verify: Callable[[Mapping[str, Any]], None]) -> str:
+    """Drive the copy steps as the copy workflow does; returns the method the destination chose."""
+    info = source.head(source_key)
+    session = target.copy_start(source, source_key, key, upload_id="u" * 32, size=info.size,
+                                part_size=64 * MiB, source_info=info)
+    part_count = max(1, -(-info.size // session["part_size"]))
+    for number in reversed(range(1, part_count + 1)):  # any order
+        start = (number - 1) * session["part_size"]
+        end, resume = min(start + session["part_size"], info.size), None
+        while (resume := target.copy_part(session, source, source_key, number, start, end, resume)) is not None:
+            pass
+    target.copy_finish(session, key, size=info.size, part_count=part_count, content_type=info.content_type,
+                       metadata=info.metadata, if_absent=True, verify=verify)
+    return str(session["kind"])
+
+
+def _nothing_left(store: BlobStore) -> None:
+    assert list(store.list("workflows/")) == []
+    if store.scheme == "s3":
+        uploads = store.client.list_multipart_uploads(Bucket=store.bucket)  # type: ignore[attr-defined]
+        assert uploads.get("Uploads", []) == []
+
+
+@pytest.mark.parametrize("size", [1000, 70 * MiB], ids=["small", "two-parts"])
+@pytest.mark.parametrize("source_kind", ["same", "file"])
+def test_copy_from_another_store(blobstore: BlobStore, big_data: bytes, size: int, source_kind: str,
+                                 request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    source = _source_store(source_kind, blobstore, request, tmp_path)
+    data = big_data[:size]
+    source.put("staged/object", data, content_type="text/plain", metadata={"hca-dss-sha256": "x"})
+    expected = checksum_stream(io.BytesIO(data), size)
+    seen: list[Mapping[str, Any]] = []
+    method = _copy(source, "staged/object", blobstore, "blobs/copy", seen.append)
+    native = source.scheme == blobstore.scheme and blobstore.scheme in NATIVE
+    assert (method in NATIVE.get(blobstore.scheme, set())) == native, method
+    assert set(seen[0]) == ESTABLISHED[method]
+    assert all(seen[0][name] == value for name, value in {"size": size, **expected.as_dict()}.items()
+               if name in seen[0])
+    assert blobstore.get("blobs/copy") == data
+    info = blobstore.head("blobs/copy")
+    assert (info.content_type, info.metadata.get("hca-dss-sha256")) == ("text/plain", "x")
+    if blobstore.scheme == "s3":
+        assert info.etag == expected.s3_etag  # the DSS ETag, whichever way the bytes came
+    if blobstore.scheme == "gs":
+        assert info.crc32c == expected.crc32c
+    _nothing_left(blobstore)
+
+
+@pytest.mark.parametrize("size", [1000, 70 * MiB], ids=["small", "two-parts"])
+def test_a_refused_copy_publishes_nothing(blobstore: BlobStore, big_data: bytes, size: int,
+                                          request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    source = _source_store("same", blobstore, request, tmp_path)
+    source.put("staged/object", big_data[:size])
+
+    def refuse(found: Mapping[str, Any]) -> None:
+        raise ValueError("wrong checksum")
+
+    info = source.head("staged/object")
+    session = blobstore.copy_start(source, "staged/object", "blobs/refused", upload_id="r" * 32, size=size,
+                                   part_size=64 * MiB, source_info=info)
+    part_count = max(1, -(-size // session["part_size"]))
+    for number in range(1, part_count + 1):
+        start = (number - 1) * session["part_size"]
+        while blobstore.copy_part(session, source, "staged/object", number, start,
+                                  min(start + session["part_size"], size)) is not None:
+            pass
+    with pytest.raises(ValueError, match="wrong checksum"):
+        blobstore.copy_finish(session, "blobs/refused", size=size, part_count=part_count,
+                              content_type=info.content_type, metadata={}, if_absent=True, verify=refuse)
+    assert not blobstore.exists("blobs/refused")
+    blobstore.copy_abort(session, "blobs/refused")
+    blobstore.copy_abort(session, "blobs/refused")  # idempotent
+    _nothing_left(blobstore)
 
 
 # --- signed URLs --------------------------------------------------------------------------------

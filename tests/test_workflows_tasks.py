@@ -215,3 +215,42 @@ def test_bundle_checkout_of_a_missing_bundle(executor: Executor, tmp_path: Path,
     record = executor.run("bundle-checkout", data_in, timeout=120)
     assert (record.status, record.error) == ("FAILED", "CheckoutInvalid")
     assert "does not exist" in (record.cause or "")
+
+
+# --- native copies between stores of one kind (S3 on moto, GCS on the emulator) -----------------------
+@pytest.fixture(params=["s3", "gs"])
+def cloud_pair(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """Two fresh buckets of one cloud, as store URLs."""
+    scheme = request.param
+    create = request.getfixturevalue("new_s3_bucket" if scheme == "s3" else "new_gcs_bucket")
+    return f"{scheme}://{create()}", f"{scheme}://{create()}"
+
+
+@pytest.mark.parametrize("size", [70 * 1024 * 1024, 1000], ids=["two-parts", "small"])
+def test_copy_within_one_cloud_is_native_and_verified(cloud_pair: tuple[str, str], size: int,
+                                                      tmp_path: Path) -> None:
+    from tests.infra.storage_servers import STORE_OPTIONS
+
+    stores = BlobStoreFactory(**STORE_OPTIONS)
+    context = TaskContext(stores=stores, tables=Tables(f"sqlite://{tmp_path / 'tables.sqlite3'}"))
+    data = random.Random(size).randbytes(size)
+    sums = checksum_stream(io.BytesIO(data), size)
+    source, target = stores.for_url(cloud_pair[0]), stores.for_url(cloud_pair[1])
+    source.put("staging/upload.bin", data)  # a staged object, whose name vouches for nothing
+    data_in = {"source": {"url": source.url, "key": "staging/upload.bin"},
+               "destination": {"url": target.url, "key": str(sums.blob_key)}}
+    planned = default_registry().invoke("copy-setup", data_in, context)
+    assert planned["upload"]["session"]["kind"] in ("s3-multipart", "s3-copy-object", "gs-rewrite")
+    wrong = {**data_in, "expected": {**sums.as_dict(), "sha256": "0" * 64}}
+    with Executor(tmp_path / "journal.sqlite3", context=context, max_workers=2) as executor:
+        failed = executor.run(executor.load(fast_retries(executor.workflow("blob-copy").definition), "bc"),
+                              wrong, timeout=120)
+        assert (failed.status, failed.error) == ("FAILED", "ChecksumMismatch")  # found by reading the source
+        assert not target.exists(str(sums.blob_key))
+        assert executor.run("blob-copy", data_in, timeout=120).status == "SUCCEEDED"
+    assert target.get(str(sums.blob_key)) == data
+    info = target.head(str(sums.blob_key))
+    assert (info.etag if target.scheme == "s3" else info.crc32c) == (sums.s3_etag if target.scheme == "s3"
+                                                                      else sums.crc32c)
+    assert list(target.list("workflows/")) == []
+    context.tables.close()

@@ -1,7 +1,10 @@
 """The BlobStore port: a bucket of objects addressed by string keys, over local disk, S3 or GCS.
 
 Backends implement a few primitives (`head`, `open`, `writer`, `delete`, `list`, `signed_url`);
-everything else is derived here once. A backend is chosen by URL scheme through `BlobStoreFactory`,
+everything else is derived here once. Copies from another store (`copy_start`, `copy_part`,
+`copy_finish`, `copy_abort`: the steps of the copy workflow) work here for any pair of stores, through
+the streams; a backend overrides them for a source of its own kind, whose service copies by itself
+(S3 UploadPartCopy, GCS rewrite). A backend is chosen by URL scheme through `BlobStoreFactory`,
 which builds each SDK client once and caches one store per bucket.
 
 Errors: every backend translates its SDK's errors at its edge into this vocabulary and keeps the
@@ -26,7 +29,8 @@ from typing import Any, BinaryIO, ClassVar
 
 __all__ = [
     "BlobStore", "BlobWriter", "BlobInfo", "BlobStoreError", "BlobNotFound", "BlobAlreadyExists",
-    "BlobAccessDenied", "BlobStoreUnavailable", "BlobStoreFactory", "split_url",
+    "BlobAccessDenied", "BlobStoreUnavailable", "BlobStoreFactory", "split_url", "CopySession",
+    "STAGED_PARTS_PREFIX", "staged_part_key",
 ]
 
 
@@ -81,6 +85,16 @@ class BlobWriter(abc.ABC):
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.abort()
+
+
+CopySession = dict[str, Any]  # see BlobStore.copy_start
+
+STAGED_PARTS_PREFIX = "workflows/parts/"
+
+
+def staged_part_key(upload_id: str, number: int) -> str:
+    """Where the base class stages part `number` of a copy in the destination store."""
+    return f"{STAGED_PARTS_PREFIX}{upload_id}/{number:05d}"
 
 
 def split_url(url: str) -> tuple[str, str, str]:
@@ -168,6 +182,74 @@ class BlobStore(abc.ABC):
             while chunk := source.read(8 * 1024 * 1024):
                 writer.write(chunk)
             return writer.commit()
+
+    # --- copies from another store: the steps of the copy workflow ----------------------------
+    def copy_start(self, source: BlobStore, source_key: str, key: str, *, upload_id: str, size: int,
+                   part_size: int, source_info: BlobInfo) -> CopySession:
+        """Begin copying `source_key` of `source` (described by `source_info`) into `key`.
+
+        Returns the copy's session: a JSON-able dict the caller keeps and hands to the other `copy_*`
+        calls, in any process. Its `part_size` is the one to plan parts with (a store that copies in one
+        step answers the object's size), and its `kind` names the method. Parts may then be copied in any
+        order and in parallel; every step is idempotent, so a retry or a resumed workflow repeats nothing
+        that is already in place. `upload_id` is the caller's stable name for this copy.
+
+        The base class stages each part as an object `workflows/parts/<upload_id>/<n>` read through the
+        source's stream, and concatenates them when finishing; backends override it for sources of their
+        own kind, whose service can copy without the bytes passing through this process."""
+        return {"kind": "staged", "id": upload_id, "part_size": part_size}
+
+    def copy_part(self, session: CopySession, source: BlobStore, source_key: str, number: int, start: int,
+                  end: int, resume: Any = None) -> Any:
+        """Copy bytes [start, end) of the source as part `number` (1-based). Returns None once the part is
+        in place, or else a JSON-able marker to call again with as `resume` (a service step that ended
+        before the part did, such as a GCS rewrite token)."""
+        target = staged_part_key(session["id"], number)
+        try:
+            if self.head(target).size == end - start:
+                return None  # published atomically, so complete: an earlier run copied it
+        except BlobNotFound:
+            pass
+        with source.open(source_key, start, end) as stream, self.writer(target, size=end - start) as writer:
+            copied = 0
+            while chunk := stream.read(8 * 1024 * 1024):
+                writer.write(chunk)
+                copied += len(chunk)
+            if copied != end - start:
+                raise BlobStoreError(f"{source_key}[{start}:{end}] gave {copied} bytes: the source changed")
+            writer.commit()
+        return None
+
+    def copy_finish(self, session: CopySession, key: str, *, size: int, part_count: int, content_type: str,
+                    metadata: Mapping[str, str], if_absent: bool,
+                    verify: Callable[[Mapping[str, Any]], None]) -> None:
+        """Publish `key` from the copied parts, and clean them up.
+
+        Before anything is visible under `key`, `verify` receives what the store established about the
+        assembled bytes: `size` and the checksums it computed or had its service compute (names as in
+        `dss.checksums.Checksums`); it raises to refuse, and then nothing is published. With `if_absent`,
+        BlobAlreadyExists if `key` exists."""
+        from dss.checksums import ChecksumSet, fan_out
+
+        digests = ChecksumSet(size)
+        with self.writer(key, size=size, content_type=content_type, metadata=metadata,
+                         if_absent=if_absent) as writer:
+            copied = fan_out(self._staged_chunks(session["id"], part_count), [*digests.sinks(), writer.write])
+            verify({"size": copied, **digests.result().as_dict()})
+            writer.commit()
+        self.copy_abort(session, key)
+
+    def copy_abort(self, session: CopySession, key: str) -> None:
+        """Discard what an unfinished copy left (its parts); no error if there is nothing."""
+        if session.get("kind") == "staged":
+            for part in list(self.list(f"{STAGED_PARTS_PREFIX}{session['id']}/")):
+                self.delete(part)
+
+    def _staged_chunks(self, upload_id: str, part_count: int) -> Iterator[bytes]:
+        for number in range(1, part_count + 1):
+            with self.open(staged_part_key(upload_id, number)) as stream:  # BlobNotFound: a part vanished
+                while chunk := stream.read(8 * 1024 * 1024):
+                    yield chunk
 
     def get_json(self, key: str) -> Any:
         return json.loads(self.get(key))

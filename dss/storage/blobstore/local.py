@@ -1,13 +1,16 @@
 """Local-disk blob store (`file:///abs/dir`).
 
 Layout: key `a/b/name` lives at `<root>/a/b/~na/<name>`; the two-character shard keeps directories
-small, and a listing whose prefix names at least two characters of the last part reads one shard.
-Key parts may not be empty or start with `.` or `~`. Objects are written to `<root>/.tmp/`, fsynced,
-then published with `link()` (a conditional create: it fails if the key exists) or `replace()` (an
-overwrite). Content type and user metadata live in a sidecar `<path>.meta` published before the
-object itself, so a visible object always has its metadata. Temp files are named `<pid>-<random>`
-after the process writing them, so that `remove_orphaned_temporaries` can delete those of interrupted
-writes without touching a live sibling's (several server processes may share a store).
+small, and a listing whose prefix names at least two characters of the last part reads one shard. Key
+parts may not be empty, `.` or `..`; a part that starts with `.`, `~` or `%`, or ends with `.meta`, is
+stored under an escaped name (`%` and the hex of its first character, e.g. `.bashrc` → `%2ebashrc`; a
+trailing `.meta` → `.%6deta`), so that it cannot be hidden, collide with a shard directory or a sidecar,
+or escape the root; listings decode names and keep key order. Objects are written to `<root>/.tmp/`,
+fsynced, then published with `link()` (a conditional create: it fails if the key exists) or `replace()`
+(an overwrite). Content type and user metadata live in a sidecar `<path>.meta` published before the
+object itself, so a visible object always has its metadata. Temp files are named `<pid>-<random>` after
+the process writing them, so that `remove_orphaned_temporaries` can delete those of interrupted writes
+without touching a live sibling's (several server processes may share a store).
 
 Signed URLs are served by the DSS API itself (`dss.api.blobserver`): `/blobstore/<name>/<key>` with
 `expires` and an HMAC-SHA256 `signature` over name, key, expiry and disposition.
@@ -36,6 +39,25 @@ __all__ = ["LocalBlobStore"]
 _META_SUFFIX = ".meta"
 _SHARD = 2
 _MARK = "~"  # shard directories are `~ab`; key parts may not start with it, so the two never collide
+
+
+def _escape(part: str) -> str:
+    """The file-system name of a key part (module docstring)."""
+    if part in ("", ".", ".."):
+        raise ValueError(part)
+    if part.endswith(_META_SUFFIX):
+        part = part[:-len(_META_SUFFIX)] + ".%6deta"
+    if part[0] in ".~%":
+        part = f"%{ord(part[0]):02x}{part[1:]}"
+    return part
+
+
+def _unescape(name: str) -> str:
+    if name.startswith("%"):
+        name = chr(int(name[1:3], 16)) + name[3:]
+    if name.endswith(".%6deta"):
+        name = name[:-len(".%6deta")] + _META_SUFFIX
+    return name
 
 
 def _compatible(shard: str, stem: str) -> bool:
@@ -186,10 +208,12 @@ class LocalBlobStore(BlobStore):
 
     # --- key ↔ path ---------------------------------------------------------------------------
     def path(self, key: str) -> Path:
-        parts = key.split("/")
-        if any(not part or part.startswith((".", _MARK)) for part in parts):
-            raise BlobNotFound(key)  # such keys could escape the root or collide with the layout
-        return self.root.joinpath(*parts[:-1], _MARK + parts[-1][:_SHARD], parts[-1])
+        try:
+            names = [_escape(part) for part in key.split("/")]
+        except ValueError:
+            raise BlobNotFound(key) from None  # such keys could escape the root
+        # The shard is named after the key's own characters, so shards sort as the keys in them do.
+        return self.root.joinpath(*names[:-1], _MARK + key.rpartition("/")[2][:_SHARD], names[-1])
 
     @staticmethod
     def meta_path(path: Path) -> Path:
@@ -270,24 +294,25 @@ class LocalBlobStore(BlobStore):
         Names in shard directories (`~ab`) and keys below sub-directories form two sorted streams: shards
         in order hold names in order, and the keys of sub-directory `d` sort together right after `d/`."""
         try:
-            entries = sorted((e.name for e in os.scandir(directory) if e.is_dir()), key=lambda n: n.lstrip(_MARK))
+            found = [e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith(".")]
         except (FileNotFoundError, NotADirectoryError):
             return
-        shards = [e for e in entries if e.startswith(_MARK) and _compatible(e[1:], stem)]
-        subdirs = [e for e in entries if not e.startswith((_MARK, ".")) and e.startswith(stem)]
+        shards = sorted(e for e in found if e.startswith(_MARK) and _compatible(e[1:], stem))
+        subdirs = sorted((_unescape(e), e) for e in found if not e.startswith(_MARK) and _unescape(e).startswith(stem))
         names = itertools.chain.from_iterable(
             self._shard(directory / shard, head, stem, start_after) for shard in shards
             if not _before(head + shard[1:], start_after))
         nested = itertools.chain.from_iterable(
-            self._walk(directory / sub, f"{head}{sub}/", "", start_after) for sub in subdirs
-            if not _before(f"{head}{sub}/", start_after))
+            self._walk(directory / name, f"{head}{part}/", "", start_after) for part, name in subdirs
+            if not _before(f"{head}{part}/", start_after))
         yield from heapq.merge(names, nested)
 
     @staticmethod
     def _shard(shard_dir: Path, head: str, stem: str, start_after: str | None) -> Iterator[str]:
         try:
-            names = sorted(e.name for e in os.scandir(shard_dir)
-                           if e.name.startswith(stem) and not e.name.endswith(_META_SUFFIX) and e.is_file())
+            names = sorted(name for name in (_unescape(e.name) for e in os.scandir(shard_dir)
+                                             if not e.name.endswith(_META_SUFFIX) and e.is_file())
+                           if name.startswith(stem))
         except (FileNotFoundError, NotADirectoryError):
             return
         for name in names:

@@ -17,7 +17,7 @@ import contextlib
 import hashlib
 import logging
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, BinaryIO
 
 import boto3
@@ -25,7 +25,7 @@ from botocore import exceptions as boto_errors
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from dss.checksums import S3_MAX_PARTS, s3_part_size
+from dss.checksums import S3_MAX_PARTS, S3_SINGLE_PART_LIMIT, s3_part_size
 from dss.storage.blobstore import (
     BlobAccessDenied,
     BlobAlreadyExists,
@@ -35,6 +35,7 @@ from dss.storage.blobstore import (
     BlobStoreError,
     BlobStoreUnavailable,
     BlobWriter,
+    CopySession,
 )
 
 __all__ = ["S3BlobStore", "translate_error"]
@@ -345,3 +346,111 @@ class S3BlobStore(BlobStore):
             params["ResponseContentDisposition"] = content_disposition
         with _translated(key):
             return self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_in)
+
+    # --- copies from another S3 bucket, done by S3 itself -----------------------------------------
+    # Objects above one DSS part are copied by UploadPartCopy in the DSS part size, so that the copy's
+    # ETag is the DSS s3_etag, which finishing recomputes from the parts' ETags (the MD5s S3 computed of
+    # the bytes it copied) before completing. Smaller ones are one CopyObject of a source whose ETag is
+    # its MD5. Every part names the source's ETag (CopySourceIfMatch): a source replaced meanwhile fails
+    # the copy rather than splicing two versions.
+    def copy_start(self, source: BlobStore, source_key: str, key: str, *, upload_id: str, size: int,
+                   part_size: int, source_info: BlobInfo) -> CopySession:
+        if not isinstance(source, S3BlobStore) or not source_info.etag:
+            return super().copy_start(source, source_key, key, upload_id=upload_id, size=size, part_size=part_size,
+                                      source_info=source_info)
+        native = {"key": key, "size": size, "source_bucket": source.bucket, "source_key": source_key,
+                  "source_etag": source_info.etag}
+        if size <= S3_SINGLE_PART_LIMIT:
+            if "-" in source_info.etag:  # a multipart ETag is not the MD5 that a single object's ETag must be
+                return super().copy_start(source, source_key, key, upload_id=upload_id, size=size,
+                                          part_size=part_size, source_info=source_info)
+            return {"kind": "s3-copy-object", "part_size": max(size, 1), **native}
+        upload = self._multipart_upload(key, source_info)
+        return {"kind": "s3-multipart", "part_size": s3_part_size(size), "upload": upload, **native}
+
+    def _multipart_upload(self, key: str, source_info: BlobInfo) -> str:
+        """An upload in progress for `key` (a retried or concurrent copy of the same object), else a new one."""
+        with _translated(key):
+            listing = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
+            for upload in listing.get("Uploads", ()):
+                if upload["Key"] == key:
+                    return str(upload["UploadId"])
+            response = self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=key, ContentType=source_info.content_type, Metadata=dict(source_info.metadata))
+        return str(response["UploadId"])
+
+    def copy_part(self, session: CopySession, source: BlobStore, source_key: str, number: int, start: int,
+                  end: int, resume: Any = None) -> Any:
+        if session["kind"] == "s3-copy-object":
+            return None  # one CopyObject, when finishing
+        if session["kind"] != "s3-multipart":
+            return super().copy_part(session, source, source_key, number, start, end, resume)
+        try:
+            self.client.upload_part_copy(
+                Bucket=self.bucket, Key=session["key"], UploadId=session["upload"], PartNumber=number,
+                CopySource={"Bucket": session["source_bucket"], "Key": source_key},
+                CopySourceRange=f"bytes={start}-{end - 1}", CopySourceIfMatch=session["source_etag"])
+        except ClientError as exc:
+            raise _copy_error(exc, session["key"], False) from exc
+        except BotoCoreError as exc:
+            raise translate_error(exc, session["key"]) from exc
+        return None
+
+    def copy_finish(self, session: CopySession, key: str, *, size: int, part_count: int, content_type: str,
+                    metadata: Mapping[str, str], if_absent: bool,
+                    verify: Callable[[Mapping[str, Any]], None]) -> None:
+        conditions = {"IfNoneMatch": "*"} if if_absent else {}
+        if session["kind"] == "s3-copy-object":
+            verify({"size": session["size"], "s3_etag": session["source_etag"]})
+            try:
+                self.client.copy_object(
+                    Bucket=self.bucket, Key=key,
+                    CopySource={"Bucket": session["source_bucket"], "Key": session["source_key"]},
+                    CopySourceIfMatch=session["source_etag"], MetadataDirective="REPLACE",
+                    ContentType=content_type, Metadata=dict(metadata), **conditions)
+            except ClientError as exc:
+                raise _copy_error(exc, key, self.exists(key) if if_absent else False) from exc
+            except BotoCoreError as exc:
+                raise translate_error(exc, key) from exc
+            return
+        if session["kind"] != "s3-multipart":
+            return super().copy_finish(session, key, size=size, part_count=part_count, content_type=content_type,
+                                       metadata=metadata, if_absent=if_absent, verify=verify)
+        parts = _copied_parts(self.client, self.bucket, session["upload"], key)
+        if [part["PartNumber"] for part in parts] != list(range(1, part_count + 1)):
+            raise BlobNotFound(f"{key}: upload {session['upload']} lacks parts")
+        md5s = [bytes.fromhex(part["ETag"].strip('"')) for part in parts]
+        etag = f"{hashlib.md5(b''.join(md5s)).hexdigest()}-{len(md5s)}"
+        verify({"size": sum(part["Size"] for part in parts), "s3_etag": etag})
+        with _translated(key):
+            response = self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=session["upload"], **conditions,
+                MultipartUpload={"Parts": [{"PartNumber": p["PartNumber"], "ETag": p["ETag"]} for p in parts]})
+        if response["ETag"].strip('"') != etag:
+            logger.warning("s3://%s/%s: ETag %s is not the expected %s", self.bucket, key, response["ETag"], etag)
+
+    def copy_abort(self, session: CopySession, key: str) -> None:
+        if session.get("kind") != "s3-multipart":
+            return super().copy_abort(session, key)
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=session["upload"])
+        except ClientError as exc:
+            if _error_code(exc) != "NoSuchUpload":
+                raise translate_error(exc, key) from exc
+
+
+def _copied_parts(client: Any, bucket: str, upload: str, key: str) -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = []
+    with _translated(key):
+        for page in client.get_paginator("list_parts").paginate(Bucket=bucket, Key=key, UploadId=upload):
+            parts.extend(page.get("Parts", ()))
+    return sorted(parts, key=lambda part: part["PartNumber"])
+
+
+def _copy_error(exc: ClientError, key: str, destination_exists: bool) -> BlobStoreError:
+    """A failed precondition on a copy is the source's ETag changing (CopySourceIfMatch), unless it is the
+    destination that exists (If-None-Match)."""
+    error = translate_error(exc, key)
+    if isinstance(error, BlobAlreadyExists) and not destination_exists:
+        return BlobStoreError(f"{key}: the source changed during the copy")
+    return error

@@ -1,49 +1,45 @@
 """Blob copy in parallel parts, over the BlobStore port: the tasks of the copy-shaped definitions.
 
-    copy-setup     head the source; choose the part size and split the parts into slices (one Map item
-                   each); `done` if the destination already holds the object (and `overwrite` is not set)
-    copy-parts     copy a slice's parts, each a ranged read of the source written as a staged part object
-                   `workflows/parts/<upload id>/<part number>` in the destination store; saves its place
-                   and returns `finished: false` when its time budget runs low (the machine loops it)
-    copy-finalize  stream the parts, in order, into the destination key (conditional create unless
-                   `overwrite`), computing sha256/sha1/S3 ETag/crc32c on the way; a mismatch with the
-                   expected checksums raises ChecksumMismatch and nothing becomes visible; then the parts
-                   are deleted
-    copy-abort     delete the staged parts of a failed copy
+    copy-setup     head the source; `done` if the destination already holds the object (and `overwrite`
+                   is not set); else start the copy in the destination store (`BlobStore.copy_start`),
+                   which chooses the method and the part size, and split the parts into slices (one Map
+                   item each)
+    copy-parts     copy a slice's parts (`copy_part`); saves its place, and the store's resume marker
+                   of a part in progress (a GCS rewrite token), and returns `finished: false` when its
+                   time budget runs low (the machine loops it)
+    copy-finalize  publish the destination (`copy_finish`) once the checksums check out (see `_verifier`):
+                   a mismatch raises ChecksumMismatch and nothing becomes visible
+    copy-abort     discard what a failed copy left (`copy_abort`)
 
-Every step is idempotent: parts are published atomically and skipped when already there, the upload id
-is derived from the copy's own description (so a re-run, or a new execution of the same copy, finds the
-parts the last one made), and finalize succeeds at once if the destination is already in place.
-
-The part objects and the final concatenation work on every store the port supports, at the price of
-writing the bytes twice. Backends that can assemble parts natively (S3 UploadPartCopy +
-CompleteMultipartUpload, GCS compose/rewrite) can replace `copy-parts`/`copy-finalize` behind the same
-payloads without changing the definitions.
+The store picks the method: S3 → S3 by UploadPartCopy in the DSS part size (or one CopyObject), GCS → GCS
+by rewrite, anything else by ranged reads staged as part objects and concatenated (`dss.storage.blobstore`).
+Every step is idempotent: the upload id is derived from the copy's own description (so a re-run, or a new
+execution of the same copy, finds the parts the last one made), and finalize succeeds at once if the
+destination is already in place.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from dss.checksums import CHECKSUM_PATTERNS, ChecksumSet, fan_out, read_chunks, s3_part_size
+from dss.checksums import CHECKSUM_PATTERNS, digest_stream, s3_part_size
 from dss.identifiers import BlobKey
-from dss.storage.blobstore import BlobAlreadyExists, BlobNotFound, BlobStore
+from dss.storage.blobstore import STAGED_PARTS_PREFIX, BlobAlreadyExists, BlobNotFound, staged_part_key
 from dss.workflows.registry import TaskContext, task
 from dss.workflows.tasks.common import (
     MIN_TIME_FOR_A_STEP,
     InvalidTaskInput,
     Location,
     location,
-    same_size,
     store,
-    stream_copy,
 )
 
 __all__ = ["ChecksumMismatch", "PartMissing", "PARTS_PREFIX", "DEFAULT_SLICES", "part_key"]
 
-PARTS_PREFIX = "workflows/parts/"
+PARTS_PREFIX = STAGED_PARTS_PREFIX
+part_key = staged_part_key
 DEFAULT_SLICES = 8  # Map items per copy: how many parts are in flight at most
 
 
@@ -53,10 +49,6 @@ class ChecksumMismatch(Exception):
 
 class PartMissing(Exception):
     """A staged part disappeared between copy-parts and copy-finalize."""
-
-
-def part_key(upload_id: str, number: int) -> str:
-    return f"{PARTS_PREFIX}{upload_id}/{number:05d}"
 
 
 def _upload_id(source: Location, destination: Location, size: int, part_size: int, version: Any) -> str:
@@ -91,21 +83,27 @@ def _expected(payload: dict[str, Any], destination: Location) -> dict[str, str]:
 @task("copy-setup")
 def setup(payload: dict[str, Any], context: TaskContext) -> dict[str, Any]:
     source, destination = location(payload, "source"), location(payload, "destination")
-    info = store(context, source.url).head(source.key)
+    source_store, target = store(context, source.url), store(context, destination.url)
+    info = source_store.head(source.key)
     part_size = payload.get("part_size") or s3_part_size(info.size)
     slices = payload.get("slices") or DEFAULT_SLICES
     if not (isinstance(part_size, int) and part_size > 0 and isinstance(slices, int) and slices > 0):
         raise InvalidTaskInput("part_size and slices must be positive integers")
     overwrite = bool(payload.get("overwrite"))
-    part_count = max(1, -(-info.size // part_size))
+    upload_id = _upload_id(source, destination, info.size, part_size, [info.etag, info.crc32c])
     upload = {
-        "id": _upload_id(source, destination, info.size, part_size, [info.etag, info.crc32c]),
-        "size": info.size, "part_size": part_size, "part_count": part_count,
-        "content_type": info.content_type, "metadata": dict(info.metadata),
+        "id": upload_id, "size": info.size, "content_type": info.content_type, "metadata": dict(info.metadata),
         "expected": _expected(payload, destination), "overwrite": overwrite,
+        "source": {"url": source.url, "key": source.key},
     }
-    done = not overwrite and store(context, destination.url).exists(destination.key)
-    return {"done": done, "upload": upload, "slices": [] if done else _slices(part_count, slices)}
+    done = not overwrite and target.exists(destination.key)
+    if done:
+        return {"done": True, "upload": {**upload, "part_size": part_size, "part_count": 1}, "slices": []}
+    session = target.copy_start(source_store, source.key, destination.key, upload_id=upload_id, size=info.size,
+                                part_size=part_size, source_info=info)
+    part_count = max(1, -(-info.size // session["part_size"]))
+    upload.update(session=session, part_size=session["part_size"], part_count=part_count)
+    return {"done": False, "upload": upload, "slices": _slices(part_count, slices)}
 
 
 def _part_range(upload: dict[str, Any], number: int) -> tuple[int, int]:
@@ -115,36 +113,47 @@ def _part_range(upload: dict[str, Any], number: int) -> tuple[int, int]:
 
 @task("copy-parts")
 def copy_parts(payload: dict[str, Any], context: TaskContext) -> dict[str, Any]:
-    """Payload: source, destination, upload (from copy-setup), slice {first, last}, and `next` once it
-    has run before. Returns the payload with `next` and `finished` updated."""
+    """Payload: source, destination, upload (from copy-setup), slice {first, last}, and `next` (with the
+    store's `resume` marker of a part in progress) once it has run before. Returns the payload with
+    `next`, `resume` and `finished` updated."""
     source, destination = location(payload, "source"), location(payload, "destination")
     upload, run = payload["upload"], payload["slice"]
     source_store, target = store(context, source.url), store(context, destination.url)
-    number, copied = payload.get("next", run["first"]), 0
+    number, resume, steps = payload.get("next", run["first"]), payload.get("resume"), 0
     while number <= run["last"]:
-        if copied and context.time_left() < MIN_TIME_FOR_A_STEP:
-            return {**payload, "next": number, "finished": False}
+        if steps and context.time_left() < MIN_TIME_FOR_A_STEP:
+            return {**payload, "next": number, "resume": resume, "finished": False}
         start, end = _part_range(upload, number)
-        key = part_key(upload["id"], number)
-        if not same_size(target, key, end - start):
-            stream_copy(source_store, source.key, target, key, start=start, end=end)
-        number, copied = number + 1, copied + 1
-    return {**payload, "next": number, "finished": True}
+        resume = target.copy_part(upload["session"], source_store, source.key, number, start, end, resume)
+        if resume is None:
+            number += 1
+        steps += 1
+    return {**payload, "next": number, "resume": None, "finished": True}
 
 
-def _staged_chunks(target: BlobStore, upload: dict[str, Any]) -> Iterator[bytes]:
-    for number in range(1, upload["part_count"] + 1):
-        try:
-            stream = target.open(part_key(upload["id"], number))
-        except BlobNotFound:
-            raise PartMissing(f"part {number} of upload {upload['id']} is missing") from None
-        with stream:
-            yield from read_chunks(stream)
+def _verifier(context: TaskContext, upload: dict[str, Any], key: str) -> Callable[[Mapping[str, Any]], None]:
+    """Checks what the store established about the copy against what it should be. Checksums the store
+    could not establish (a native copy's service computes only its own) are computed by reading the
+    source, unless its key is a blob key spelling exactly the expected checksums: the name of a DSS blob
+    is its checksums, verified when it was written."""
+    wanted = {"size": upload["size"], **upload["expected"]}
 
-
-def _delete_parts(target: BlobStore, upload_id: str) -> None:
-    for key in list(target.list(f"{PARTS_PREFIX}{upload_id}/")):
-        target.delete(key)
+    def verify(found: Mapping[str, Any]) -> None:
+        known = dict(found)
+        missing = [name for name in wanted if name not in known]
+        spelled = BlobKey.parse(upload["source"]["key"])
+        trusted = spelled is not None and all(
+            getattr(spelled, name) == value for name, value in upload["expected"].items())
+        if missing and not trusted:
+            source_store = store(context, upload["source"]["url"])
+            with source_store.open(upload["source"]["key"]) as stream:
+                sums, size = digest_stream(stream, upload["size"])
+            known = {**sums.as_dict(), "size": size, **known}
+        wrong = [f"{name} {known[name]} (expected {value})" for name, value in wanted.items()
+                 if name in known and known[name] != value]
+        if wrong:
+            raise ChecksumMismatch(f"{key}: the copied bytes have {', '.join(wrong)}")
+    return verify
 
 
 @task("copy-finalize")
@@ -154,20 +163,17 @@ def finalize(payload: dict[str, Any], context: TaskContext) -> dict[str, Any]:
     upload = payload["upload"]
     target = store(context, destination.url)
     if upload["overwrite"] or not target.exists(destination.key):
-        digests = ChecksumSet(upload["size"])
-        with target.writer(destination.key, size=upload["size"], content_type=upload["content_type"],
-                           metadata=upload["metadata"], if_absent=not upload["overwrite"]) as writer:
-            size = fan_out(_staged_chunks(target, upload), [*digests.sinks(), writer.write])
-            actual = {"size": size, **digests.result().as_dict()}
-            wrong = [f"{name} {actual[name]} (expected {value})"
-                     for name, value in {"size": upload["size"], **upload["expected"]}.items() if actual[name] != value]
-            if wrong:
-                raise ChecksumMismatch(f"{destination.key}: the copied bytes have {', '.join(wrong)}")
-            try:
-                writer.commit()
-            except BlobAlreadyExists:
-                pass  # a concurrent copy of the same content got there first
-    _delete_parts(target, upload["id"])
+        try:
+            target.copy_finish(upload["session"], destination.key, size=upload["size"],
+                               part_count=upload["part_count"], content_type=upload["content_type"],
+                               metadata=upload["metadata"], if_absent=not upload["overwrite"],
+                               verify=_verifier(context, upload, destination.key))
+        except BlobAlreadyExists:
+            target.copy_abort(upload["session"], destination.key)  # a concurrent copy of the same content won
+        except BlobNotFound as exc:
+            raise PartMissing(f"a part of upload {upload['id']} is missing: {exc}") from exc
+    elif "session" in upload:
+        target.copy_abort(upload["session"], destination.key)
     return {"key": destination.key, "size": upload["size"]}
 
 
@@ -175,6 +181,7 @@ def finalize(payload: dict[str, Any], context: TaskContext) -> dict[str, Any]:
 def abort(payload: dict[str, Any], context: TaskContext) -> dict[str, Any]:
     """Payload: the copy machine's state (`copy.upload` present once copy-setup ran)."""
     upload = (payload.get("copy") or {}).get("upload")
-    if upload:
-        _delete_parts(store(context, location(payload, "destination").url), upload["id"])
+    if upload and "session" in upload:
+        destination = location(payload, "destination")
+        store(context, destination.url).copy_abort(upload["session"], destination.key)
     return {"aborted": bool(upload)}
