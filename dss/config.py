@@ -92,6 +92,20 @@ class Config:
     bundle_file_wait: float = 15.0
     bundle_manifest_index_limit: int = 20000
     reconcile_interval: float = 3600.0
+    # workflows (long copies): the executor's journal, its task threads (0: one per core), the time a task
+    # invocation is given before it saves progress, and the size above which PUT /files answers 202
+    workflow_journal: Path | None = None
+    workflow_threads: int = 0
+    workflow_task_budget: float = 600.0
+    async_copy_threshold: int = 64 * 1024 * 1024
+    # checkout stores (dss.checkout): where each replica's reads are served from, how long a copy lives
+    # and when it is copied again (days), how long a read waits for a small checkout, and the Retry-After
+    # of the 301 while one runs
+    checkout_urls: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    blob_ttl_days: float = 14.0
+    blob_public_ttl_days: float = 7.0
+    checkout_wait: float = 2.0
+    checkout_retry_after: int = 10
     # auth
     audiences: tuple[str, ...] = (HCA_AUDIENCE,)
     group_claim: str = GROUP_CLAIM
@@ -116,6 +130,10 @@ class Config:
             "aws": env.get("DSS_AWS_REPLICA_URL") or (data_dir / "replicas" / "aws").as_uri(),
             "gcp": env.get("DSS_GCP_REPLICA_URL") or (data_dir / "replicas" / "gcp").as_uri(),
         }
+        checkout_urls = {
+            "aws": env.get("DSS_AWS_CHECKOUT_URL") or (data_dir / "checkout" / "aws").as_uri(),
+            "gcp": env.get("DSS_GCP_CHECKOUT_URL") or (data_dir / "checkout" / "gcp").as_uri(),
+        }
         delays = env.get("DSS_NOTIFY_DELAYS")
         return cls(
             data_dir=data_dir,
@@ -137,6 +155,15 @@ class Config:
             bundle_file_wait=_float(env, "DSS_BUNDLE_FILE_WAIT", 15.0),
             bundle_manifest_index_limit=_int(env, "DSS_BUNDLE_MANIFEST_INDEX_LIMIT", 20000),
             reconcile_interval=_float(env, "DSS_RECONCILE_INTERVAL", 3600.0, minimum=0.0),
+            checkout_urls=checkout_urls,
+            blob_ttl_days=_float(env, "DSS_BLOB_TTL_DAYS", 14.0, minimum=0.1),
+            blob_public_ttl_days=_float(env, "DSS_BLOB_PUBLIC_TTL_DAYS", 7.0, minimum=0.0),
+            checkout_wait=_float(env, "DSS_CHECKOUT_WAIT", 2.0, minimum=0.0),
+            checkout_retry_after=_int(env, "DSS_CHECKOUT_RETRY_AFTER", 10, minimum=0),
+            workflow_journal=Path(env.get("DSS_WORKFLOW_JOURNAL") or data_dir / "workflows.sqlite3"),
+            workflow_threads=_int(env, "DSS_WORKFLOW_THREADS", 0),
+            workflow_task_budget=_float(env, "DSS_WORKFLOW_TASK_BUDGET", 600.0, minimum=1.0),
+            async_copy_threshold=_int(env, "DSS_ASYNC_COPY_THRESHOLD", 64 * 1024 * 1024),
             audiences=_csv(env.get("DSS_OIDC_AUDIENCE")) or (HCA_AUDIENCE,),
             group_claim=env.get("DSS_OIDC_GROUP_CLAIM") or GROUP_CLAIM,
             email_claim=env.get("DSS_OIDC_EMAIL_CLAIM") or EMAIL_CLAIM,

@@ -10,9 +10,10 @@ which the domain translates where it matters.
     │   │   DuplicateFilename, FileMissing, OnlyOneUrlType, IllegalToken, IllegalSource
     ├── NotFound
     ├── Conflict                FileConflict, BundleConflict, TombstoneConflict
-    ├── Unprocessable           MissingChecksum, InvalidChecksum, ChecksumMismatch
+    ├── Unprocessable           MissingChecksum, InvalidChecksum, ChecksumMismatch, CopyFailed
     ├── Unauthorized / Forbidden / AuthProblem
     ├── ReadOnly, Unavailable
+    └── CheckoutError           (500)
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ __all__ = [
     "UnknownSourceSchema",
     "IllegalSource", "DuplicateFilename", "FileMissing", "OnlyOneUrlType", "IllegalToken", "NotFound",
     "Conflict", "FileConflict", "BundleConflict", "TombstoneConflict", "Unprocessable",
-    "MissingChecksum", "InvalidChecksum", "ChecksumMismatch", "AuthProblem", "Unauthorized",
-    "Forbidden", "ReadOnly", "Unavailable", "TooManySubscriptions",
+    "MissingChecksum", "InvalidChecksum", "ChecksumMismatch", "CopyFailed", "AuthProblem", "Unauthorized",
+    "Forbidden", "ReadOnly", "Unavailable", "TooManySubscriptions", "CheckoutError",
 ]
 
 
@@ -119,6 +120,12 @@ class ChecksumMismatch(Unprocessable):
     code = "checksum_mismatch"
 
 
+class CopyFailed(Unprocessable):
+    """The asynchronous copy of a file version (202 PUT /files) failed; a checksum failure carries the
+    contract's code `missing_checksum`."""
+    code = "copy_failed"
+
+
 class AuthProblem(DSSError):
     """401 for a missing or malformed Authorization header (connexion's historical code)."""
     code = "OAuthProblem"
@@ -134,6 +141,11 @@ class Forbidden(DSSError):
 
 class TooManySubscriptions(DSSError):
     code = "not_acceptable"
+
+
+class CheckoutError(DSSError):
+    """A checkout a read waits for failed (500 `checkout_error`, as the contract has it)."""
+    code = "checkout_error"
 
 
 class ReadOnly(DSSError):

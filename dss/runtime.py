@@ -1,8 +1,14 @@
 """The composition root: builds every port and service once from a Config and hands them out.
 
-`Runtime.start()` starts the embedded background workers (the event queue's threads, and the
-anti-entropy pass at start-up and every `DSS_RECONCILE_INTERVAL`, see `dss.events.reconcile`); the
-Lambda entry points never call it, because in the cloud the queue is driven by SQS triggers.
+`Runtime.start()` starts the embedded background workers (the event queue's threads, the
+anti-entropy pass at start-up and every `DSS_RECONCILE_INTERVAL`, see `dss.events.reconcile`, and the
+workflow owner thread, see `dss.workflows.service`); the Lambda entry points never call it, because in
+the cloud the queue is driven by SQS triggers and workflows by Step Functions.
+
+`Runtime.workflows` starts long operations from any process: `workflows.start(workflow_name, input,
+name=idempotency_key) -> execution_id` records the execution durably and returns at once;
+`workflows.status(execution_id)` gives its `ExecutionRecord` (or None). Of the server processes sharing
+a data directory, the one holding the journal's lock runs them (`dss.workflows.service`).
 """
 from __future__ import annotations
 
@@ -17,6 +23,9 @@ from typing import Any
 from dss.auth import Authenticator, KeyStore
 from dss.auth.ownership import Ownership
 from dss.bundles import BundleService
+from dss.checkout import CheckoutRecords, CheckoutService, CheckoutStores, Freshness
+from dss.checkout import sweep as sweep_checkouts
+from dss.checkout.records import TABLE as CHECKOUT_TABLE
 from dss.config import Config
 from dss.events import Event
 from dss.events.bus import EventWorkers, Handler, SQLiteEventBus
@@ -24,7 +33,7 @@ from dss.events.handlers.index import IndexHandler
 from dss.events.handlers.sync import SyncHandler
 from dss.events.reconcile import reconcile
 from dss.events.reconcile_loop import ReconcileLoop, remove_orphans
-from dss.files import FileService
+from dss.files import ASYNC_STATE_TABLE, FileService
 from dss.files.sources import SourceResolver
 from dss.index.backend import open_search_index
 from dss.notify import DeliveryStore, DeliveryWorker
@@ -33,6 +42,8 @@ from dss.storage.replicas import Replicas
 from dss.subscriptions import SubscriptionService
 from dss.subscriptions.notifier import Notifier
 from dss.tables import Tables
+from dss.workflows.registry import TaskContext
+from dss.workflows.service import Workflows
 
 __all__ = ["Runtime"]
 
@@ -75,9 +86,18 @@ class Runtime:
         self.notifier = Notifier(self.subscriptions, self.deliveries,
                                  api_base=config.api_url or f"http://{config.host}:{config.port}")
         self.bus = SQLiteEventBus(_sqlite_path(config.queue_url), handlers=("sync", "index"))
+        self.workflows = Workflows(config.workflow_journal or config.data_dir / "workflows.sqlite3",
+                                   self._task_context, threads=config.workflow_threads,
+                                   task_budget=config.workflow_task_budget)
         self.files = FileService(self.replicas, SourceResolver(self.factory, config.staging_roots, config.data_dir),
-                                 self.bus, config.data_dir / "spool")
+                                 self.bus, config.data_dir / "spool", workflows=self.workflows,
+                                 async_state=self.tables(ASYNC_STATE_TABLE),
+                                 async_threshold=config.async_copy_threshold)
         self.bundles = BundleService(self.replicas, self.bus, self.files, config.bundle_file_wait)
+        self.checkout = CheckoutService(
+            self.replicas, CheckoutStores(self.factory, config.checkout_urls, config.replica_urls),
+            CheckoutRecords(self.tables(CHECKOUT_TABLE)), self.workflows,
+            Freshness.from_days(config.blob_ttl_days, config.blob_public_ttl_days), wait=config.checkout_wait)
         self.handlers: dict[str, Handler] = {
             "sync": SyncHandler(self.replicas, self.bus),
             "index": IndexHandler(self.replicas, self.search, config.bundle_manifest_index_limit, self.notifier),
@@ -92,11 +112,13 @@ class Runtime:
             self.workers.start()
             self.delivery_worker.start()
             self.reconciler.start()
+            self.workflows.run()
             self._started = True
             logger.info("DSS runtime started: %s", self.config.describe())
 
     def stop(self) -> None:
         if self._started:
+            self.workflows.stop()
             self.reconciler.stop()
             self.workers.stop()
             self.delivery_worker.stop()
@@ -107,15 +129,24 @@ class Runtime:
         self.stop()
         self.search.close()
         self.deliveries.close()
+        self.workflows.close()
+
+    def _task_context(self) -> TaskContext:
+        """What workflow tasks are given (built when this process becomes the workflows' owner)."""
+        return TaskContext(stores=self.factory, tables=self.tables, files=self.files)
 
     def _exists(self, event: Event) -> bool:
         return self.replicas[event.replica].exists(event.key)
 
     def _reconcile(self, cancelled: Callable[[], bool]) -> Mapping[str, Any]:
-        """Start-up and periodic housekeeping: orphaned temp files, then the anti-entropy pass."""
-        removed = remove_orphans([self.replicas[r] for r in self.replicas], self.config.data_dir / "spool",
-                                 before=self.created)
-        return {**reconcile(self.replicas, self.bus, self.search, cancelled).as_dict(), "orphans_removed": removed}
+        """Start-up and periodic housekeeping: orphaned temp files, then the anti-entropy pass, then the
+        sweep of expired checkout objects."""
+        stores = self.checkout.stores
+        removed = remove_orphans([*(self.replicas[r] for r in self.replicas), *(stores[r] for r in stores)],
+                                 self.config.data_dir / "spool", before=self.created)
+        report = {**reconcile(self.replicas, self.bus, self.search, cancelled).as_dict(), "orphans_removed": removed}
+        expired = sum(sweep_checkouts(stores[r], self.checkout.freshness, cancelled) for r in stores)
+        return {**report, "checkout_expired": expired}
 
     def healthy(self) -> bool:
         """Every replica answers a listing and the event queue answers a query."""

@@ -7,6 +7,7 @@
     .venv/bin/python scripts/dss-ops.py sync verify [--replica aws]
     .venv/bin/python scripts/dss-ops.py sync reconcile
     .venv/bin/python scripts/dss-ops.py index reindex --replica aws
+    .venv/bin/python scripts/dss-ops.py checkout status|add|remove|verify [--replica aws] [--file U | --bundle U]
 
 Settings come from the same DSS_* environment variables as the server (DSS_DATA_DIR above all).
 """
@@ -23,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dss.auth import KeyStore, mint_token  # noqa: E402
 from dss.config import Config  # noqa: E402
+from dss.identifiers import BlobKey  # noqa: E402
 from dss.logs import configure_logging  # noqa: E402
 
 logger = logging.getLogger("dss-ops")
@@ -96,6 +98,62 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_checkout(args: argparse.Namespace) -> int:
+    from dss.checkout import ops
+    from dss.identifiers import Replica
+
+    runtime, replica = _runtime(), Replica(args.replica)
+    service = runtime.checkout
+    if args.action == "verify":
+        problems = list(ops.verify(service, replica))
+        print("\n".join(problems) or "Every file checkout matches its blob.")
+        return 1 if problems else 0
+    if args.action == "status":
+        if args.job:
+            print(json.dumps(service.job_status(replica, args.job), indent=2))
+        else:
+            for job in service.records.jobs(replica):
+                print(job["job_id"], job["status"], job.get("location") or job.get("cause") or "")
+            print(f"{sum(1 for _ in service.stores[replica].list('blobs/'))} file checkout(s) in "
+                  f"{service.stores[replica].url}", file=sys.stderr)
+        return 0
+    if bool(args.file) == bool(args.bundle):
+        print("name one of --file or --bundle", file=sys.stderr)
+        return 2
+    if args.file:
+        metadata = runtime.files.metadata(args.file, replica, args.version)
+        blob = BlobKey(metadata["sha256"], metadata["sha1"], metadata["s3-etag"], metadata["crc32c"])
+        if args.action == "remove":
+            print(f"Removed {ops.remove_file(service, replica, blob)} object(s).")
+            return 0
+        execution = service.start_file(replica, blob)
+    else:
+        manifest = runtime.bundles.get(args.bundle, replica, args.version)
+        if args.action == "remove":
+            print(f"Removed {ops.remove_bundle(service, replica, args.bundle.lower(), manifest['version'])} object(s).")
+            return 0
+        execution = service.start_bundle(replica, args.bundle.lower(), manifest["version"])
+    return _await_workflow(runtime, execution, args.timeout)
+
+
+def _await_workflow(runtime, execution: str, timeout: float) -> int:
+    """Run the execution here unless a server runs the workflows (then it does), and wait for its end."""
+    import time
+
+    runtime.workflows.run()
+    deadline = time.monotonic() + timeout
+    try:
+        while (record := runtime.workflows.status(execution)) is not None and record.status == "RUNNING":
+            if time.monotonic() > deadline:
+                print(f"{execution} is still running", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+    finally:
+        runtime.workflows.stop()
+    print(execution, record.status if record else "UNKNOWN", (record.cause or "") if record else "")
+    return 0 if record is not None and record.status == "SUCCEEDED" else 1
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="dss-ops.py", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -127,8 +185,20 @@ def parser() -> argparse.ArgumentParser:
     sync.add_argument("--replica", default="aws", choices=["aws", "gcp"])
     sync.set_defaults(func=cmd_sync)
 
+    checkout = commands.add_parser("checkout", help="list checkout jobs and copies (status), check out a file or "
+                                                    "bundle (add), delete a checkout (remove), or compare the "
+                                                    "checked-out files with their blobs (verify)")
+    checkout.add_argument("action", choices=["status", "add", "remove", "verify"])
+    checkout.add_argument("--replica", default="aws", choices=["aws", "gcp"])
+    checkout.add_argument("--file", help="a file uuid (add, remove)")
+    checkout.add_argument("--bundle", help="a bundle uuid (add, remove)")
+    checkout.add_argument("--version", help="the file or bundle version (default: the latest)")
+    checkout.add_argument("--job", help="a bundle checkout job id (status)")
+    checkout.add_argument("--timeout", type=float, default=3600, help="seconds add waits for the copy")
+    checkout.set_defaults(func=cmd_checkout)
+
     from dss.workflows.history import add_cli as add_workflows_cli
-    add_workflows_cli(commands, lambda: _config().data_dir / "workflows.sqlite3")
+    add_workflows_cli(commands, lambda: (config := _config()).workflow_journal or config.data_dir / "workflows.sqlite3")
     return top
 
 

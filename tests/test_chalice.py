@@ -38,6 +38,7 @@ def test_same_answers_through_chalice_and_the_local_server(chalice_app, tmp_path
     source.write_text('{"parity": true}')
     server = start_server(base_env(tmp_path / "server-data", staging))
     lambda_runtime = chalice_app._runtime()  # the Lambda's runtime, built from the environment
+    lambda_runtime.workflows.run()  # Step Functions' part in the cloud (the checkout GET /files waits for)
 
     def requests_for(token: str) -> list[tuple[str, str, dict, bytes | None]]:
         auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
@@ -77,6 +78,7 @@ def test_same_answers_through_chalice_and_the_local_server(chalice_app, tmp_path
                 for header in ("X-DSS-SHA256", "X-OpenAPI-Paginated-Content-Key", "Content-Type"):
                     assert via_lambda.headers.get(header.lower()) == via_http.headers.get(header), (path, header)
     finally:
+        lambda_runtime.workflows.stop()
         server.stop()
 
 

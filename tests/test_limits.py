@@ -415,8 +415,8 @@ def test_a_signed_url_with_a_disposition_no_header_can_carry_is_refused(dss: DSS
     entry = add_file(dss, b"bytes")
     location = requests.get(f"{dss.url}/v1/files/{entry['uuid']}", params={"replica": "aws"},
                             allow_redirects=False).headers["Location"]
-    store = dss.runtime.replicas["aws"]
-    key = location.split("/blobstore/aws/", 1)[1].split("?", 1)[0]
+    store = dss.runtime.checkout.stores["aws"]  # reads are served from the checkout store
+    key = location.split("/blobstore/checkout-aws/", 1)[1].split("?", 1)[0]
     for disposition in ("attachment; filename=\u0100.bin", "a\r\nSet-Cookie: x=1"):
         url = store.signed_url(key, 60, content_disposition=disposition)  # as if the API had signed it
         assert_problem(requests.get(url if url.startswith("http") else dss.url + url), 400, "illegal_arguments")

@@ -1,8 +1,10 @@
 """HTTP adapters for /bundles: parse, call dss.bundles, shape the reply."""
 from __future__ import annotations
 
+from dss.api.checkout import parse_token, retry_later
 from dss.api.responses import absolute, next_link, page_headers, public_base, reply
 from dss.auth import require_admin, require_group
+from dss.checkout import Pending
 from dss.errors import OnlyOneUrlType
 from dss.identifiers import Replica, new_version
 from dss.runtime import Runtime
@@ -26,9 +28,13 @@ def get(runtime: Runtime, uuid: str, replica: str, version: str | None = None, d
     files = manifest["files"]
     entries = files[start_at:start_at + per_page]
     page = [_api_file(f) for f in entries]
-    if directurls or presignedurls:
+    if directurls or presignedurls:  # served from the bundle's checkout
+        outcome = runtime.checkout.bundle(Replica(replica), uuid.lower(), manifest["version"], files,
+                                          parse_token(token))
+        if isinstance(outcome, Pending):
+            return retry_later(runtime, outcome.token)
         for entry, shaped in zip(entries, page):
-            url = runtime.files.download_url(entry, Replica(replica), runtime.config.signed_url_ttl, direct=directurls)
+            url = runtime.checkout.url(outcome, entry["name"], runtime.config.signed_url_ttl, direct=directurls)
             shaped["url"] = url if directurls else absolute(runtime.config, url)
     more = len(files) - start_at > per_page
     link = None

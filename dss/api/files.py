@@ -1,12 +1,13 @@
 """HTTP adapters for /files/{uuid}: parse, call dss.files, shape the reply."""
 from __future__ import annotations
 
-import json
 import re
 
+from dss.api.checkout import check_out_small_json, parse_token, retry_later
 from dss.api.responses import absolute, reply
 from dss.auth import require_group
-from dss.errors import IllegalArguments, IllegalToken
+from dss.checkout import Pending
+from dss.errors import IllegalArguments
 from dss.files import FileMetadata
 from dss.identifiers import Replica
 from dss.runtime import Runtime
@@ -29,13 +30,15 @@ def head(runtime: Runtime, uuid: str, replica: str, version: str | None = None):
 
 def get(runtime: Runtime, uuid: str, replica: str, version: str | None = None, token: str | None = None,
         directurl: bool = False, content_disposition: str | None = None):
-    if token is not None:
-        _check_token(token)
+    parsed = parse_token(token)
     if content_disposition is not None:
         _check_content_disposition(content_disposition)
     metadata = runtime.files.metadata(uuid, Replica(replica), version)
-    url = runtime.files.download_url(metadata, Replica(replica), runtime.config.signed_url_ttl, direct=directurl,
-                                     content_disposition=None if directurl else content_disposition)
+    outcome = runtime.checkout.file(Replica(replica), metadata, parsed)  # served from the checkout store
+    if isinstance(outcome, Pending):
+        return retry_later(runtime, outcome.token)
+    url = runtime.checkout.url(outcome, None, runtime.config.signed_url_ttl, direct=directurl,
+                               content_disposition=None if directurl else content_disposition)
     return reply(None, 302, {"Location": absolute(runtime.config, url), **file_headers(metadata)})
 
 
@@ -43,6 +46,9 @@ def put(runtime: Runtime, uuid: str, version: str, body: dict, token_info: dict)
     require_group(token_info["principal"], {"hca"})
     runtime.owners.claim("files", uuid, token_info["principal"])
     result = runtime.files.put(uuid, version, body["source_url"], body["creator_uid"])
+    if result.task_id is not None:  # copied in the background: HEAD answers 404 until done, 422 if it fails
+        return reply({"task_id": result.task_id, "version": result.version}, 202)
+    check_out_small_json(runtime, uuid, result.version)
     return reply({"version": result.version}, 201 if result.created else 200)
 
 
@@ -56,12 +62,3 @@ def _check_content_disposition(value: str) -> None:
     if not _HEADER_VALUE.fullmatch(value):
         raise IllegalArguments("content_disposition must be printable ISO-8859-1 text, without line breaks; "
                                "use filename*=UTF-8''… for other characters")
-
-
-def _check_token(token: str) -> None:
-    try:
-        parsed = json.loads(token)
-    except ValueError:
-        raise IllegalToken("Could not parse the token parameter") from None
-    if not isinstance(parsed, dict) or "attempts" not in parsed:
-        raise IllegalToken("The token parameter lacks 'attempts'")

@@ -21,9 +21,11 @@ by the charset parameter or by sniffing, and must read the very text that was ch
 
 Deadline: a response must *start* within `REQUEST_DEADLINE` seconds, else 504 `timed_out`, like the
 original behind API Gateway (which gives up at 29–30 s; its handlers stopped 5 s early). Streaming a body
-after that is not limited (downloads). PUT /v1/files is exempt: it copies the whole file synchronously
-(the asynchronous 202 path is a later issue), so its time grows with the file's size, and cutting the client
-off would only make it retry a copy that is still running. (In the Lambda, `asyncio.run` waits for a
+after that is not limited (downloads). PUT /v1/files is exempt: bucket sources above
+`DSS_ASYNC_COPY_THRESHOLD` answer 202 at once and copy in a workflow, but `file://` sources are still
+ingested synchronously at any size (they declare no checksums, and only the descriptor opened for the
+request may be read, see `dss.files`), so their time grows with the file's size, and cutting the client off
+would only make it retry a copy that is still running. (In the Lambda, `asyncio.run` waits for a
 timed-out handler's thread before it returns, so there API Gateway's own limit answers first.)
 """
 from __future__ import annotations

@@ -125,7 +125,8 @@ _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRA
 
 
 def _serve_blob(runtime: Runtime, request: Request) -> Response:
-    store = runtime.replicas.by_name(request.path_params["name"])
+    name = request.path_params["name"]
+    store = runtime.replicas.by_name(name) or runtime.checkout.stores.by_name(name)
     key = request.path_params["key"]
     params = request.query_params
     if not isinstance(store, LocalBlobStore) or not store.verify_signature(

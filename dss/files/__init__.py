@@ -3,19 +3,36 @@
 PUT copies the staged bytes into the replica under `blobs/<sha256>.<sha1>.<s3_etag>.<crc32c>`,
 verifying every declared checksum on the bytes actually copied, and only then creates the metadata
 object with a conditional create: identical metadata already there → 200, different → 409.
+
+Large bucket sources go asynchronous (202): when the blob is not stored yet and the source is larger
+than `async_threshold`, PUT only records an execution of the `blob-copy-write-metadata` workflow,
+named `files-put-<uuid>.<version>` (an idempotency key: a re-PUT with the same input returns the same
+execution, different input is 409), and returns its id. The workflow copies and verifies the blob, then
+calls `commit_metadata`, which writes and announces the metadata as a synchronous PUT does. Until then
+reads answer 404; if the copy fails, the workflow records the failure in the `async-state` table
+(keys `<uuid>.<version>`, replica; kept `FAILURE_TTL`) and reads answer 422 (`CopyFailed`). A re-PUT
+after a failure starts a new attempt (`…~1`, `…~2`) and forgets the failure.
+
+Local file:// sources stay synchronous whatever their size: they declare no checksums, so the blob key
+is only known after reading every byte, and that read must go through the descriptor opened for the
+request (see `dss.files.sources`); a workflow resumed later, maybe in another process, could only
+reopen the path, which may then name other bytes.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
+import threading
+import time
 import uuid as uuidlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from dss.checksums import Checksums, ChecksumSet, fan_out, read_chunks
-from dss.errors import ChecksumMismatch, FileConflict, NotFound
+from dss.checksums import Checksums, ChecksumSet, digest_stream, fan_out, read_chunks
+from dss.errors import ChecksumMismatch, CopyFailed, FileConflict, NotFound
 from dss.events import Event
 from dss.events.bus import EventBus
 from dss.files.sources import SourceResolver, StagedSource
@@ -31,19 +48,33 @@ from dss.identifiers import (
 )
 from dss.storage.blobstore import BlobAlreadyExists, BlobNotFound, BlobStore
 from dss.storage.replicas import ImmutableCache, Replicas
+from dss.tables import Table
+from dss.workflows.errors import ExecutionAlreadyExists
 
-__all__ = ["FileService", "FileMetadata", "latest_version"]
+__all__ = ["FileService", "FileMetadata", "latest_version", "Workflows", "ASYNC_STATE_TABLE", "COPY_WORKFLOW"]
 
 logger = logging.getLogger(__name__)
 
 FILE_FORMAT = "0.0.4"
 FileMetadata = dict[str, Any]
+ASYNC_STATE_TABLE = "async-state"  # failures of asynchronous copies, by (<uuid>.<version>, replica)
+COPY_WORKFLOW = "blob-copy-write-metadata"
+_MAX_ATTEMPTS = 100  # asynchronous copies of one file version that may fail before PUT gives up
+
+
+class Workflows(Protocol):
+    """The workflow port (`dss.workflows.service.Workflows`)."""
+
+    def start(self, workflow: str, data: Any, *, name: str) -> str: ...
+
+    def status(self, execution_id: str) -> Any: ...
 
 
 @dataclass(frozen=True)
 class PutResult:
     version: str
     created: bool
+    task_id: str | None = None  # set when the copy continues asynchronously (202)
 
 
 def latest_version(store: BlobStore, kind: str, uuid: str) -> str | None:
@@ -58,12 +89,17 @@ def blob_key_of(metadata: FileMetadata) -> BlobKey:
 
 class FileService:
     def __init__(self, replicas: Replicas, sources: SourceResolver, bus: EventBus, spool_dir: Path,
-                 cache: ImmutableCache | None = None) -> None:
+                 cache: ImmutableCache | None = None, *, workflows: Workflows | None = None,
+                 async_state: Table | None = None, async_threshold: int = 64 * 1024 * 1024) -> None:
+        """Without `workflows` and `async_state` every PUT is synchronous."""
         self.replicas = replicas
         self.sources = sources
         self.bus = bus
         self.spool_dir = spool_dir
         self.cache = cache or ImmutableCache(100_000)
+        self.workflows = workflows
+        self.async_state = async_state
+        self.async_threshold = async_threshold
 
     # --- reads ------------------------------------------------------------------------------
     def metadata(self, uuid: str, replica: Replica, version: str | None = None) -> FileMetadata:
@@ -74,8 +110,22 @@ class FileService:
             version = validate_version(version)
         metadata = self.lookup(replica, uuid, version) if version else None
         if metadata is None:
+            if version:
+                self._raise_copy_failure(replica, str(FileFQID(uuid, version)))
             raise NotFound("Cannot find file!")
         return metadata
+
+    def _raise_copy_failure(self, replica: Replica, file_key: str) -> None:
+        """CopyFailed if an asynchronous copy of this version failed (and the record has not expired)."""
+        if self.async_state is None:
+            return
+        state = self.async_state.get(file_key, replica.value)
+        if state is None or state.get("status") != "FAILED" or state.get("expires_at", 0) < time.time():
+            return
+        message = _cause_message(state.get("cause"))
+        if state.get("error") == "ChecksumMismatch":
+            raise CopyFailed(f"Incorrect checksum: {message}", code="missing_checksum")
+        raise CopyFailed(f"The copy of this file version failed ({state.get('error')}): {message}")
 
     def lookup(self, replica: Replica, uuid: str, version: str) -> FileMetadata | None:
         """One version's metadata, or None. Cached: the object is write-once."""
@@ -112,6 +162,9 @@ class FileService:
             if self._existing_matches(store, file_key, self._metadata(version, creator_uid, source, checksums)):
                 self._announce(source.replica, checksums.blob_key, file_key)
                 return PutResult(version, created=False)
+            if self._goes_async(source, store, checksums):
+                return self._put_async(file_key, version, source, checksums,
+                                       self._metadata(version, creator_uid, source, checksums))
             self._ingest_declared(source, store, checksums)
         else:
             source, checksums = self._ingest_local(source, store)
@@ -122,6 +175,48 @@ class FileService:
             created = self._write_metadata(store, file_key, metadata)
         self.cache.put((store.url, file_key), metadata)
         return PutResult(version, created)
+
+    def commit_metadata(self, replica: str, file_key: str, metadata: FileMetadata) -> bool:
+        """Write a file version's metadata once its blob is stored (the end of the asynchronous path),
+        announcing blob and file as `put` does. True if written or already there; False if a different
+        document is there."""
+        store = self.replicas[Replica(replica)]
+        with self.bus.intent([Event(replica, str(blob_key_of(metadata))), Event(replica, file_key)]) as intent:
+            try:
+                created = self._write_metadata(store, file_key, metadata)
+            except FileConflict:
+                intent.cancel()
+                return False
+        if created:
+            self.cache.put((store.url, file_key), metadata)
+        return True
+
+    def _goes_async(self, source: StagedSource, store: BlobStore, checksums: Checksums) -> bool:
+        return (self.workflows is not None and self.async_state is not None and source.location is not None
+                and source.size > self.async_threshold
+                and not self._blob_present(store, checksums.blob_key, source.size))
+
+    def _put_async(self, file_key: str, version: str, source: StagedSource, checksums: Checksums,
+                   metadata: FileMetadata) -> PutResult:
+        assert self.workflows is not None and self.async_state is not None and source.location is not None
+        store, replica = self.replicas[source.replica], source.replica.value
+        data = {"source": {"url": source.location[0], "key": source.location[1]},
+                "destination": {"url": store.url, "key": str(checksums.blob_key)},
+                "expected": checksums.as_dict(),
+                "metadata": {"url": store.url, "key": file_key, "document": metadata, "replica": replica},
+                "record": {"table": ASYNC_STATE_TABLE, "hash_key": file_key, "sort_key": replica}}
+        for attempt in range(_MAX_ATTEMPTS):
+            name = f"files-put-{file_key}" + (f"~{attempt}" if attempt else "")
+            record = self.workflows.status(name)
+            if record is not None and record.status == "FAILED":
+                continue  # that attempt failed: a re-PUT tries again
+            if record is None and attempt:
+                self.async_state.delete(file_key, replica)  # reads answer 404 again while it runs
+            try:
+                return PutResult(version, created=False, task_id=self.workflows.start(COPY_WORKFLOW, data, name=name))
+            except ExecutionAlreadyExists:
+                raise FileConflict(f"{file_key} is being written with different content") from None
+        raise CopyFailed(f"{_MAX_ATTEMPTS} copies of {file_key} failed; use another version")
 
     @staticmethod
     def _metadata(version: str, creator_uid: int, source: StagedSource, sums: Checksums) -> FileMetadata:
@@ -180,18 +275,15 @@ class FileService:
     def _ingest_local(self, source: StagedSource, store: BlobStore) -> tuple[StagedSource, Checksums]:
         """Spool a local file while computing its checksums, then publish the spool as the blob.
 
-        One read feeds the spool writer and the four digests in parallel, so the checksums are those of
-        the bytes stored, whatever happens to the source meanwhile."""
+        One read feeds the spool writer and the four digests in parallel (`digest_stream`), so the
+        checksums are those of the bytes stored, whatever happens to the source meanwhile."""
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         spool = self.spool_dir / uuidlib.uuid4().hex
-        digests = ChecksumSet(source.size)
         try:
-            with source.open() as reader, open(spool, "wb") as out:
-                fan_out(read_chunks(reader), [*digests.sinks(), out.write])
-                out.flush()
-                os.fsync(out.fileno())
-            checksums = digests.result()
-            copied = dataclasses.replace(source, size=spool.stat().st_size)
+            with source.open() as reader, open(spool, "wb", buffering=0) as out:
+                with _Spool(out.fileno()) as sink:
+                    checksums, size = digest_stream(reader, source.size, sink.write)
+            copied = dataclasses.replace(source, size=size)
             if not self._blob_present(store, checksums.blob_key, copied.size):
                 try:
                     store.put_file(str(checksums.blob_key), spool, content_type=source.content_type, if_absent=True)
@@ -200,6 +292,64 @@ class FileService:
             return copied, checksums
         finally:
             spool.unlink(missing_ok=True)
+
+
+def _cause_message(cause: Any) -> str:
+    """The message of a task failure's cause (Lambda's `{"errorMessage", "errorType"}` JSON)."""
+    try:
+        return str(json.loads(cause)["errorMessage"])
+    except (TypeError, ValueError, KeyError):
+        return str(cause or "unknown cause")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Unbuffered: the chunk goes to the file without another copy in user space."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class _Spool:
+    """Writes chunks to a file descriptor and makes them durable as they come: a thread of its own
+    `fdatasync`s every `flush_every` bytes, so the disk writes overlap the hashing and the closing
+    `fsync` (on leaving the `with`) has little left to wait for."""
+
+    def __init__(self, fd: int, flush_every: int = 64 * 1024 * 1024) -> None:
+        self.fd, self.flush_every, self.pending = fd, flush_every, 0
+        self.wake, self.closing = threading.Event(), False
+        self.error: OSError | None = None
+        self.flusher = threading.Thread(target=self._flush, daemon=True)
+        self.flusher.start()
+
+    def write(self, data: bytes) -> None:
+        _write_all(self.fd, data)
+        self.pending += len(data)
+        if self.pending >= self.flush_every:
+            self.pending = 0
+            self.wake.set()
+
+    def _flush(self) -> None:
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            if self.closing:
+                return
+            try:
+                os.fdatasync(self.fd)
+            except OSError as exc:  # reported by __exit__
+                self.error = self.error or exc
+
+    def __enter__(self) -> _Spool:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self.closing = True
+        self.wake.set()
+        self.flusher.join()
+        if exc_type is None:
+            if self.error is not None:
+                raise self.error
+            os.fsync(self.fd)
 
 
 def _differences(declared: Checksums, actual: Checksums) -> str:

@@ -58,6 +58,9 @@ class StagedSource:
     open: Callable[[], BinaryIO]  # a new reader at byte 0 on each call; the caller closes it
     # Releases what the source holds (a local file's descriptor); idempotent, readers stay usable.
     close: Callable[[], None] = field(default=_nothing)
+    # (store URL, key) of a bucket source, from which a workflow may copy it later; None for local files,
+    # which are only ever read through the descriptor opened for the request.
+    location: tuple[str, str] | None = None
 
     def __enter__(self) -> StagedSource:
         return self
@@ -121,7 +124,7 @@ class SourceResolver:
             raise IllegalSource(f"Access to the source object {url} was denied") from None
         declared = _declared_checksums(tags, info.metadata)
         return StagedSource(url, _REPLICA_OF_SCHEME[scheme], info.size, info.content_type or "application/octet-stream",
-                            declared, lambda: store.open(key))
+                            declared, lambda: store.open(key), location=(store.url, key))
 
     def _local(self, url: str, host: str, rest: str) -> StagedSource:
         if host not in ("", "localhost"):
@@ -296,11 +299,9 @@ class _PositionalReader(io.RawIOBase):
         return position
 
     def readinto(self, buffer: WriteableBuffer) -> int:
-        view = memoryview(buffer).cast("B")
-        data = os.pread(self._fd, len(view), self._position)
-        view[:len(data)] = data
-        self._position += len(data)
-        return len(data)
+        count = os.preadv(self._fd, [memoryview(buffer).cast("B")], self._position)  # straight into the buffer
+        self._position += count
+        return count
 
     def close(self) -> None:
         if not self.closed:

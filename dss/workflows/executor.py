@@ -121,7 +121,9 @@ class Executor:
             except DefinitionError as err:  # a task was removed or renamed since: it can never finish
                 self.journal.finish_execution(record.id, FAILED, error=type(err).__name__, cause=str(err))
                 continue
-            if self._spawn(record, load_machine(record.definition), resumed=True):
+            # "resumed" only if it ran before (another process may just have recorded it)
+            ran = self.journal.scope(record.id, "") is not None
+            if self._spawn(record, load_machine(record.definition), resumed=ran):
                 resumed.append(record.id)
         return resumed
 

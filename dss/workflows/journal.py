@@ -173,6 +173,11 @@ class Journal:
             rows = self._conn.execute(query + " ORDER BY started DESC, id LIMIT ?", (*args, limit)).fetchall()
         return [_execution_record(row) for row in rows]
 
+    def ids(self, status: str) -> set[str]:
+        """The ids of every execution with `status` (cheap: for an owner polling for new executions)."""
+        with self._lock:
+            return {row[0] for row in self._conn.execute("SELECT id FROM executions WHERE status = ?", (status,))}
+
     def events(self, execution_id: str, after: int = 0) -> list[EventRecord]:
         with self._lock:
             rows = self._conn.execute("SELECT seq, at, scope, type, state, detail FROM events "

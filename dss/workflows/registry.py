@@ -38,9 +38,11 @@ __all__ = ["TaskContext", "TaskFunction", "TaskRegistry", "REGISTRY", "task", "d
 @dataclasses.dataclass(frozen=True)
 class TaskContext:
     """What a task invocation is given besides its payload. `stores` is a `BlobStoreFactory`, `tables` a
-    `dss.tables.Tables`; either may be None where no task that needs it runs (tests)."""
+    `dss.tables.Tables`, `files` the files domain (`dss.files.FileService`: commits a file's metadata and
+    announces it); any may be None where no task that needs it runs (tests)."""
     stores: Any = None
     tables: Any = None
+    files: Any = None
     deadline: float | None = None  # time.monotonic() by which the task should have returned
 
     def time_left(self) -> float:

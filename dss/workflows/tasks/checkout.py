@@ -6,9 +6,11 @@
                            does the bundle exist? `{valid, reason}`; a refusal is an answer, not an error
     checkout-plan          the manifest's files split into batches of `batch_size` (one Map item each)
     checkout-copy-files    copy one batch, file by file, to `<prefix>/<file name>`; files already there
-                           with the right size are skipped; saves its place and returns
-                           `finished: false` when its time budget runs low
-    checkout-write-status  write the job's status document
+                           with the right size (and younger than the destination's `fresh_for` seconds,
+                           if it says) are skipped; saves its place and returns `finished: false` when
+                           its time budget runs low
+    checkout-write-status  write the job's status: a document in a store (`status: {url, key}`), or
+                           fields of an item of the tables port (`status: {table, hash_key, sort_key}`)
 
 Blob keys come from the manifest's checksums (`dss.identifiers.BlobKey`); manifests are immutable, so a
 process keeps the last few it read.
@@ -118,18 +120,40 @@ def copy_files(payload: dict[str, Any], context: TaskContext) -> dict[str, Any]:
             return {**payload, "next": index, "finished": False}
         entry = files[index]
         key = f"{prefix}/{entry['name']}"
-        if not same_size(target, key, entry["size"]):
+        if not _current(target, key, entry["size"], payload["destination"].get("fresh_for")):
             blob = BlobKey(entry["sha256"], entry["sha1"], entry["s3-etag"], entry["crc32c"])
             stream_copy(source, str(blob), target, key, size=entry["size"], content_type=entry["content-type"])
         index, copied = index + 1, copied + 1
     return {**payload, "next": index, "finished": True}
 
 
+def _current(target: Any, key: str, size: int, fresh_for: Any) -> bool:
+    """Is an earlier copy of `key` there, complete and (if `fresh_for` seconds are given) young enough?"""
+    if not isinstance(fresh_for, (int, float)):
+        return same_size(target, key, size)
+    try:
+        info = target.head(key)
+    except BlobNotFound:
+        return False
+    age = (datetime.datetime.now(datetime.UTC) - info.last_modified).total_seconds() if info.last_modified else 0
+    return info.size == size and age < fresh_for
+
+
 @task("checkout-write-status")
 def write_status(payload: dict[str, Any], context: TaskContext) -> dict[str, Any]:
-    """Payload: `status: {url, key}` and `body`, the document to store there (replacing the last one)."""
-    status = location(payload, "status")
+    """Payload: `status` and `body`. `status: {url, key}`: `body` is stored there as a JSON document
+    (replacing the last one); `status: {table, hash_key, sort_key}`: `body`'s fields are set on that
+    item, keeping its other fields (what the job was asked to do)."""
     if not isinstance(payload.get("body"), dict):
         raise InvalidTaskInput("body must be an object")
+    spec = payload.get("status")
+    if isinstance(spec, dict) and "table" in spec:
+        if context.tables is None:
+            raise InvalidTaskInput("a status in a table needs tables, and the task context has none")
+        table = context.tables(spec["table"])
+        item = table.get(spec["hash_key"], spec["sort_key"]) or {}
+        table.put(spec["hash_key"], spec["sort_key"], {**item, **payload["body"]})
+        return {"key": spec["sort_key"]}
+    status = location(payload, "status")
     store(context, status.url).put_json(status.key, payload["body"])
     return {"key": status.key}

@@ -16,15 +16,20 @@ class MetadataConflict(Exception):
 
 @task("files-write-metadata")
 def write_metadata(payload: dict[str, Any], context: TaskContext) -> dict[str, Any]:
-    """Payload: `metadata: {url, key, document}`. A conditional create: the same document already there
-    is success (a re-run), a different one is MetadataConflict.
+    """Payload: `metadata: {url, key, document, replica?}`. A conditional create: the same document
+    already there is success (a re-run), a different one is MetadataConflict.
 
-    This writes the object only; publishing the file's event (sync, index) belongs to the files domain,
-    which the 202 path will call here once it owns this step."""
+    With `replica` and the files domain in the context (the runtime's), the files domain commits the
+    document and announces it (blob and file events, durable intents before the commit), exactly as a
+    synchronous PUT does; otherwise only the object is written."""
     spec = payload.get("metadata")
     if not (isinstance(spec, dict) and isinstance(spec.get("url"), str) and isinstance(spec.get("key"), str)
             and isinstance(spec.get("document"), dict)):
         raise InvalidTaskInput("metadata must be an object with url, key and a document object")
+    if context.files is not None and isinstance(spec.get("replica"), str):
+        if not context.files.commit_metadata(spec["replica"], spec["key"], spec["document"]):
+            raise MetadataConflict(f"{spec['key']} already holds a different document")
+        return {"key": spec["key"]}
     target = store(context, spec["url"])
     try:
         target.put_json(spec["key"], spec["document"], if_absent=True)
