@@ -493,13 +493,15 @@ def test_only_orphaned_temp_and_spool_files_are_removed(tmp_path):
         store.tmp_dir / f"{live}-bbbb": (old, True),  # a live writer's, however old
         store.tmp_dir / f"{dead}-cccc": (now + 5, True),  # newer than this process: someone else's
         store.tmp_dir / "dddd": (old, False),  # named by an older version
-        spool / "eeee": (old, False),
-        spool / "ffff": (now - 5, True),  # a spool file still being written
+        spool / "eeee": (old, False),  # an older version's, unnamed
+        spool / "ffff": (now - 5, True),  # unnamed and recent: may still be being written
+        spool / f"{dead}-gggg": (now - 5, False),  # a killed writer's, however recent
+        spool / f"{live}-hhhh": (old, True),  # a live writer's, however old
     }
     for path, (mtime, _) in files.items():
         path.write_bytes(b"partial")
         os.utime(path, (mtime, mtime))
-    assert remove_orphans([store], spool, before=now, now=now) == 4
+    assert remove_orphans([store], spool, before=now, now=now) == 5
     assert {path.name for path, (_, kept) in files.items() if kept} == {
         p.name for p in (*store.tmp_dir.iterdir(), *spool.iterdir())}
 

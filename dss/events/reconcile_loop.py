@@ -10,10 +10,10 @@ committed before it), and a periodic pass if one started less than `interval` ag
 about one pass per interval between them.
 
 `remove_orphans` deletes what interrupted writes leave on local disk: temp files in local blob stores
-(named after their writer's pid, so a live sibling's are kept) and spool files of PUT /files, which
-carry no owner: those are removed only once they are older than the caller's start and than
-`SPOOL_GRACE` (a live upload writes its spool continuously and removes it seconds after the last
-write).
+and spool files of PUT /files, both named after their writer's pid, so a live sibling's are kept.
+Spool files of older versions carry no owner: those are removed only once they are older than the
+caller's start and than `SPOOL_GRACE` (a live upload writes its spool continuously and removes it
+seconds after the last write).
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from typing import IO, Any
 
 from dss.events.reconcile import Cancelled
 from dss.storage.blobstore import BlobStore
+from dss.storage.blobstore.local import remove_orphaned_files
 
 __all__ = ["ReconcileLoop", "remove_orphans", "SPOOL_GRACE"]
 
@@ -47,18 +48,10 @@ def remove_orphans(stores: Iterable[BlobStore], spool_dir: Path, before: float, 
         remove = getattr(store, "remove_orphaned_temporaries", None)
         if remove is not None:
             removed += remove(before)
-    cutoff = min(before, (time.time() if now is None else now) - SPOOL_GRACE)
-    try:
-        entries = list(os.scandir(spool_dir))
-    except FileNotFoundError:
-        entries = []
-    for entry in entries:
-        try:
-            if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
-                os.unlink(entry.path)
-                removed += 1
-        except FileNotFoundError:  # finished meanwhile
-            continue
+    # Spool files are named after their writer's pid like temp files; unnamed ones (older versions) are
+    # removed once older than SPOOL_GRACE too.
+    grace = min(before, (time.time() if now is None else now) - SPOOL_GRACE)
+    removed += remove_orphaned_files(spool_dir, before, unnamed_before=grace)
     if removed:
         logger.info("Removed %d temp and spool files left by interrupted writes", removed)
     return removed

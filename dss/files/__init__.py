@@ -278,7 +278,7 @@ class FileService:
         One read feeds the spool writer and the four digests in parallel (`digest_stream`), so the
         checksums are those of the bytes stored, whatever happens to the source meanwhile."""
         self.spool_dir.mkdir(parents=True, exist_ok=True)
-        spool = self.spool_dir / uuidlib.uuid4().hex
+        spool = self.spool_dir / f"{os.getpid()}-{uuidlib.uuid4().hex}"  # the start-up clean-up reads the pid
         try:
             with source.open() as reader, open(spool, "wb", buffering=0) as out:
                 with _Spool(out.fileno()) as sink:

@@ -34,7 +34,7 @@ from typing import Any, BinaryIO
 
 from dss.storage.blobstore import BlobAlreadyExists, BlobInfo, BlobNotFound, BlobStore, BlobWriter
 
-__all__ = ["LocalBlobStore"]
+__all__ = ["LocalBlobStore", "remove_orphaned_files"]
 
 _META_SUFFIX = ".meta"
 _SHARD = 2
@@ -58,6 +58,34 @@ def _unescape(name: str) -> str:
     if name.endswith(".%6deta"):
         name = name[:-len(".%6deta")] + _META_SUFFIX
     return name
+
+
+def remove_orphaned_files(directory: Path, before: float, *, unnamed_before: float | None = None) -> int:
+    """Delete the files of interrupted writes in `directory`, named `<pid>-<random>`; returns how many.
+
+    A file is orphaned when it was last modified before `before` (the caller's start, as epoch seconds)
+    and the process named in it no longer runs. Files named without a pid (older versions) need only be
+    older than `unnamed_before` (default `before`). The age also protects a live writer in another pid
+    namespace."""
+    removed = 0
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        owner = entry.name.split("-", 1)[0] if "-" in entry.name else ""
+        named = owner.isdigit()
+        try:
+            limit = before if named or unnamed_before is None else unnamed_before
+            if not entry.is_file(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_mtime >= limit:
+                continue
+            if named and _running(int(owner)):
+                continue
+            os.unlink(entry.path)
+            removed += 1
+        except FileNotFoundError:  # committed or aborted meanwhile
+            continue
+    return removed
 
 
 def _compatible(shard: str, stem: str) -> bool:
@@ -257,22 +285,8 @@ class LocalBlobStore(BlobStore):
         return writer.commit()
 
     def remove_orphaned_temporaries(self, before: float) -> int:
-        """Delete the temp files of interrupted writes; returns how many.
-
-        A temp file is orphaned when it was last modified before `before` (the caller's start, as
-        epoch seconds) and the process named in it no longer runs; files named without a pid (older
-        versions) only need the age. The age also protects a live writer in another pid namespace."""
-        removed = 0
-        for entry in os.scandir(self.tmp_dir):
-            owner = entry.name.split("-", 1)[0] if "-" in entry.name else ""
-            try:
-                if entry.stat().st_mtime >= before or (owner.isdigit() and _running(int(owner))):
-                    continue
-                os.unlink(entry.path)
-                removed += 1
-            except FileNotFoundError:  # committed or aborted meanwhile
-                continue
-        return removed
+        """Delete the temp files of interrupted writes (`remove_orphaned_files`); returns how many."""
+        return remove_orphaned_files(self.tmp_dir, before)
 
     def delete(self, key: str) -> None:
         path = self.path(key)
