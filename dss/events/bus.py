@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dss.events import Event
+from dss.processes import process_identity
 from dss.sqlite import immediate
 
 __all__ = ["EventBus", "SQLiteEventBus", "RetryPolicy", "EventWorkers", "Handler", "Intent"]
@@ -207,7 +208,7 @@ class SQLiteEventBus(EventBus):
 
     def _announce(self, events: Sequence[Event]) -> list[tuple[int, str, str]]:
         """Insert intent messages; (id, handler, body) of each."""
-        due, owner = time.time() + self.policy.intent, _identity(os.getpid())
+        due, owner = time.time() + self.policy.intent, process_identity(os.getpid())
         rows = []
         with immediate(self._db()) as db:
             for event in events:
@@ -247,7 +248,7 @@ class SQLiteEventBus(EventBus):
                 db.execute("UPDATE messages SET lease_until = 0 WHERE id = ?", (message.id,))
 
     def lease(self) -> Message | None:
-        now, owner = time.time(), _identity(os.getpid())
+        now, owner = time.time(), process_identity(os.getpid())
         row = self._db().execute(
             "UPDATE messages SET lease_until = ?, attempts = attempts + 1, owner = ? WHERE id = ("
             " SELECT id FROM messages WHERE due <= ? AND lease_until <= ? ORDER BY id LIMIT 1)"
@@ -283,7 +284,7 @@ class SQLiteEventBus(EventBus):
             " OR (intent = 1 AND due > ?))", (now, now))]
         released = 0
         for owner in owners:
-            if _identity(int(str(owner).split(":")[0])) != str(owner):
+            if process_identity(int(str(owner).split(":")[0])) != str(owner):
                 with immediate(db):
                     released += db.execute("UPDATE messages SET lease_until = 0 WHERE owner = ? AND lease_until > ?",
                                            (owner, now)).rowcount
@@ -330,26 +331,6 @@ class _DurableIntent(Intent):
 
     def _failed(self) -> None:
         self.queue._settle(self.rows, cancel=False)
-
-
-def _identity(pid: int) -> str | None:
-    """`pid:start time` of a running process, None if it is gone. The start time tells a reused pid
-    from the lease holder, and a zombie (killed, not yet reaped) counts as gone. Without /proc, the
-    pid alone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return None
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        return str(pid)
-    state, *rest = stat.rsplit(")", 1)[1].split()
-    return None if state in ("Z", "X") else f"{pid}:{rest[18]}"
 
 
 class EventWorkers:

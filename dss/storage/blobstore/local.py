@@ -32,6 +32,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from dss.processes import process_running
 from dss.storage.blobstore import BlobAlreadyExists, BlobInfo, BlobNotFound, BlobStore, BlobWriter
 
 __all__ = ["LocalBlobStore", "remove_orphaned_files"]
@@ -79,7 +80,7 @@ def remove_orphaned_files(directory: Path, before: float, *, unnamed_before: flo
             limit = before if named or unnamed_before is None else unnamed_before
             if not entry.is_file(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_mtime >= limit:
                 continue
-            if named and _running(int(owner)):
+            if named and process_running(int(owner)):
                 continue
             os.unlink(entry.path)
             removed += 1
@@ -108,21 +109,6 @@ def _fsync_dir(path: Path) -> None:
 
 def _temp_name() -> str:
     return f"{os.getpid()}-{uuid.uuid4().hex}"
-
-
-def _running(pid: int) -> bool:
-    """Is `pid` a live process (not a zombie)? Unknown pids of other users count as live."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in ("Z", "X")
 
 
 class _RangeReader:
