@@ -13,6 +13,7 @@ import datetime
 import enum
 import re
 import unicodedata
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from dss.errors import IllegalArguments, IllegalFileName, IllegalUUID, IllegalVersion
@@ -232,6 +233,22 @@ class ObjectKey:
     def prefix(self) -> str:
         """The listing prefix of every version of this uuid."""
         return f"{self.kind}/{self.uuid}."
+
+    @classmethod
+    def grouped(cls, keys: Iterable[str], kind: str) -> Iterator[list[ObjectKey]]:
+        """The `kind` keys of a sorted listing, parsed and grouped by uuid (a uuid's versions and
+        tombstones are adjacent in it); other keys are skipped."""
+        group: list[ObjectKey] = []
+        for key in keys:
+            parsed = cls.parse(key)
+            if parsed is None or parsed.kind != kind:
+                continue
+            if group and group[0].uuid != parsed.uuid:
+                yield group
+                group = []
+            group.append(parsed)
+        if group:
+            yield group
 
 
 def FileFQID(uuid: str, version: str | None = None) -> ObjectKey:  # noqa: N802 - a value constructor

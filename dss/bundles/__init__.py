@@ -230,16 +230,8 @@ def _versions(keys: Iterable[str]) -> tuple[set[str], set[str | None]]:
 def _live_bundles(keys: Iterable[str]) -> Iterator[tuple[str, dict[str, str]]]:
     """(key, {uuid, version}) of live bundle versions. A uuid's tombstones sort after its versions,
     so each uuid's keys are gathered before any of them is emitted."""
-    group: list[ObjectKey] = []
-    for key in keys:
-        parsed = ObjectKey.parse(key)
-        if parsed is None:
-            continue
-        if group and group[0].uuid != parsed.uuid:
-            yield from _emit(group)
-            group = []
-        group.append(parsed)
-    yield from _emit(group)
+    for group in ObjectKey.grouped(keys, "bundles"):
+        yield from _emit(group)
 
 
 def _emit(group: list[ObjectKey]) -> Iterator[tuple[str, dict[str, str]]]:

@@ -33,7 +33,7 @@ bundles (and one per tombstone).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from dss.events import Event
@@ -127,7 +127,7 @@ def reindex_missing(store: BlobStore, replica: Replica, bus: EventBus, search: S
                 published += 1
         batch.clear()
 
-    for group in _by_uuid(_listing(store, "bundles/", replica, cancelled)):
+    for group in ObjectKey.grouped(_listing(store, "bundles/", replica, cancelled), "bundles"):
         live, stale_tombstones = _judge(store, replica, search, group)
         batch.update(live)
         for key in stale_tombstones:
@@ -169,21 +169,6 @@ def _tombstone_indexed(store: BlobStore, replica: Replica, search: SearchIndex, 
     except BlobNotFound:
         return True  # gone since the listing: nothing to index
     return search.get(replica.value, doc_id_of(uuid, version)) == expected
-
-
-def _by_uuid(keys: Iterable[str]) -> Iterator[list[ObjectKey]]:
-    """Bundle keys grouped by uuid; a uuid's keys are adjacent in a sorted listing."""
-    group: list[ObjectKey] = []
-    for key in keys:
-        parsed = ObjectKey.parse(key)
-        if parsed is None or parsed.kind != "bundles":
-            continue
-        if group and group[0].uuid != parsed.uuid:
-            yield group
-            group = []
-        group.append(parsed)
-    if group:
-        yield group
 
 
 def _replicable(key: str) -> bool:
