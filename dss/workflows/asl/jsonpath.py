@@ -47,10 +47,6 @@ class JsonPath:
             position = match.end()
         return cls(text, context, tuple(steps))
 
-    @property
-    def is_root(self) -> bool:
-        return not self.context and not self.steps
-
     def get(self, data: Any, context: Any = None) -> Any:
         """The value the path names; `States.Runtime` if it names nothing."""
         value = context if self.context else data
