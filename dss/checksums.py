@@ -304,7 +304,9 @@ def digest_stream(reader: BinaryIO, size: int, sink: Callable[[bytes], object] |
     sha256, sha1, crc = hashlib.sha256(), hashlib.sha1(), google_crc32c.Checksum()
     parts: list[Any] = []
     pool = _Lanes(workers or _cores(), window)
-    fixed = [pool.add(_Lane(sha256.update)), pool.add(_Lane(sha1.update)), pool.add(_Lane(crc.update))]
+    # google-crc32c takes only bytes (bytes(b) of a bytes object is that object; of a mapping, a copy)
+    crc_lane = _Lane(lambda data: crc.update(bytes(data)))
+    fixed = [pool.add(_Lane(sha256.update)), pool.add(_Lane(sha1.update)), pool.add(crc_lane)]
     if sink is not None:
         fixed.append(pool.add(_Lane(sink)))
     total = sequence = 0

@@ -298,6 +298,9 @@ class _PositionalReader(io.RawIOBase):
         self._position = position
         return position
 
+    def fileno(self) -> int:
+        return self._fd
+
     def readinto(self, buffer: WriteableBuffer) -> int:
         count = os.preadv(self._fd, [memoryview(buffer).cast("B")], self._position)  # straight into the buffer
         self._position += count
