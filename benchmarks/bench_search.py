@@ -15,6 +15,13 @@ documents, so that the numbers can be read on any machine:
 * JMESPath matching: one new bundle against as many JMESPath subscriptions (`ExpressionSet`, each picking
   one project); baseline: `jmespath.search` of every expression in turn.
 
+Then the same figures on a real OpenSearch 2.19 node (started from `make opensearch`'s install, 1 GiB
+heap, full JIT) through the cloud backend, on the same corpus in the same run, printed side by side
+with the embedded engine's as ratios (embedded speed over OpenSearch speed: >= 1 means the embedded
+engine is at least as fast). OpenSearch indexing is bulk requests of the same 100 bundles, timed until
+searchable (refresh); subscriptions are stored there in bulk too (storing is not what is measured).
+`--no-opensearch` skips this part.
+
 Targets are goals, not assertions: the script exits non-zero only if something crashes.
 
     .venv/bin/python benchmarks/bench_search.py            # 100,000 bundles, 10,000 subscriptions
@@ -177,6 +184,21 @@ def search_queries(rng: random.Random) -> dict[str, Callable[[], dict[str, Any]]
     return {"term": term, "bool": boolean, "range": range_}
 
 
+def search_latencies(index: Any, rounds: int) -> dict[str, tuple[float, float]]:
+    """(p50, p99) in ms of each query kind, 100 hits per page, the same queries for every backend."""
+    rng = random.Random(5)
+    figures = {}
+    for name, make in search_queries(rng).items():
+        for _ in range(3):  # warm up
+            index.search(REPLICA, make(), size=100, source=False)
+        samples = []
+        for _ in range(rounds):
+            query = make()
+            samples.append(timed(lambda query=query: index.search(REPLICA, query, size=100, source=False)) * 1000)
+        figures[name] = (percentile(samples, 0.5), percentile(samples, 0.99))
+    return figures
+
+
 def measure_searches(index: EmbeddedSearchIndex, directory: Path, rounds: int, table: Table) -> None:
     rng = random.Random(5)
     baseline = _primary_key_latency(directory, rounds)
@@ -222,7 +244,7 @@ def subscription_queries(count: int, rng: random.Random) -> Iterator[dict[str, A
         yield {"query": shapes[number % len(shapes)]()}
 
 
-def measure_percolation(index: EmbeddedSearchIndex, count: int, probes: int, table: Table) -> None:
+def measure_percolation(index: EmbeddedSearchIndex, count: int, probes: int, table: Table) -> float:
     rng = random.Random(9)
     queries = list(subscription_queries(count, rng))
     started = time.perf_counter()
@@ -237,6 +259,7 @@ def measure_percolation(index: EmbeddedSearchIndex, count: int, probes: int, tab
     table.add(f"percolate 1 bundle vs {count:,} subs p50", p50, "ms", "<= 50 ms", p50 <= 50,
               f"every predicate, no pre-filter: {brute:.1f} ms", p50 / brute)
     table.add(f"percolate 1 bundle vs {count:,} subs p99", percentile(samples, 0.99), "ms", "-", None, "", None)
+    return p50
 
 
 def measure_jmespath(count: int, probes: int, table: Table) -> None:
@@ -269,6 +292,65 @@ def _brute_force_percolation(queries: list[dict[str, Any]], docs: list[dict[str,
     return percentile(samples, 0.5)
 
 
+# -------------------------------------------------------------------------------- side by side with OpenSearch
+
+def measure_opensearch(corpus: Path, bundles: int, rounds: int, subscriptions: int, probes: int) -> dict[str, float]:
+    """The same figures on a real OpenSearch node through the cloud backend: bundles/s, and ms."""
+    from opensearchpy import helpers
+
+    from dss.index.elasticsearch import SUBSCRIPTION_PREFIX, ElasticsearchSearchIndex
+    from tests.infra.opensearch import start_opensearch
+
+    node = start_opensearch(heap="1g", quick_start=False)
+    print(f"  … OpenSearch green after {node.startup_seconds:.1f} s", flush=True)
+    figures: dict[str, float] = {}
+    try:
+        index = ElasticsearchSearchIndex.from_url(node.url, stage="bench", timeout=300)
+        started = time.perf_counter()
+        for chunk in chunks(read_corpus(corpus), BATCH):
+            index.index_many(REPLICA, chunk)
+        index.refresh(REPLICA)
+        figures["indexing"] = bundles / (time.perf_counter() - started)
+        print(f"  … {bundles:,} bundles indexed in OpenSearch ({figures['indexing']:,.0f}/s)", flush=True)
+        for name, (p50, p99) in search_latencies(index, rounds).items():
+            figures[f"search {name} p50"], figures[f"search {name} p99"] = p50, p99
+        queries = list(subscription_queries(subscriptions, random.Random(9)))
+        helpers.bulk(index._client, ({"_index": index.index_name(REPLICA), "_id": f"{SUBSCRIPTION_PREFIX}sub-{n}",
+                                      "_source": {"query": query["query"]}} for n, query in enumerate(queries)),
+                     refresh="true", chunk_size=500, request_timeout=300)
+        new_docs = [doc for _, doc in generate_documents(probes, seed=4242)]
+        index.percolate(REPLICA, new_docs[0])  # warm up
+        samples = [timed(lambda doc=doc: index.percolate(REPLICA, doc)) * 1000 for doc in new_docs]
+        figures["percolate p50"], figures["percolate p99"] = percentile(samples, 0.5), percentile(samples, 0.99)
+        index.close()
+    finally:
+        node.stop()
+    return figures
+
+
+def print_side_by_side(embedded: dict[str, float], opensearch: dict[str, float], bundles: int,
+                       subscriptions: int) -> None:
+    """Each figure on both engines; the ratio is embedded speed over OpenSearch speed (>= 1: as fast or faster)."""
+    header = ("figure", "embedded", "OpenSearch 2.19", "embedded/OpenSearch speed", "embedded at least as fast")
+    rows = []
+    for name, value in opensearch.items():
+        if name not in embedded:
+            continue
+        mine = embedded[name]
+        if name == "indexing":
+            label, unit, ratio = f"indexing {bundles:,} bundles (bulk of {BATCH}, until searchable)", "bundles/s", \
+                mine / value
+        else:
+            label = name.replace("percolate", f"percolate 1 bundle vs {subscriptions:,} subs")
+            unit, ratio = "ms", value / mine
+        rows.append((label, f"{mine:,.1f} {unit}", f"{value:,.1f} {unit}", f"{ratio:,.2f}x",
+                     "yes" if ratio >= 1 else "NO"))
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    print()
+    for row in [header, tuple("-" * width for width in widths), *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
 # ----------------------------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> int:
@@ -281,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     # a shorter window would either miss or take whole
     parser.add_argument("--singles", type=int, default=20_000, help="bundles indexed one per call (default 20,000)")
     parser.add_argument("--dir", type=Path, help="keep the index here; an existing one of the right size is reused")
+    parser.add_argument("--no-opensearch", action="store_true", help="skip the side-by-side run on OpenSearch")
     args = parser.parse_args(argv)
     bundles = args.bundles or (5000 if args.quick else 100_000)
     subscriptions = args.subscriptions or (2000 if args.quick else 10_000)
@@ -291,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
         table = Table()
         index = open_search_index(f"sqlite://{directory}", cache_mib=256)
         assert isinstance(index, EmbeddedSearchIndex)
+        corpus = Path(scratch) / "corpus.jsonl"
+        embedded: dict[str, float] = {}
         try:
             existing = index.search(REPLICA, {"query": {"match_all": {}}}, size=0).total
             if existing == bundles:
@@ -298,19 +383,21 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 if existing:
                     raise SystemExit(f"{directory} holds {existing:,} bundles, not {bundles:,}: use another --dir")
-                corpus = Path(scratch) / "corpus.jsonl"
                 print(f"generating {bundles:,} bundles …", flush=True)
                 write_corpus(corpus, bundles)
                 print(f"indexing {bundles:,} bundles …", flush=True)
                 bulk, single, plain = index_corpus(index, corpus, bundles, min(args.singles, bundles // 5))
+                embedded["indexing"] = bulk
                 table.add(f"index_many({BATCH}) throughput", bulk, "bundles/s", ">= 500/s", bulk >= 500,
                           f"plain JSON rows in SQLite: {plain:,.0f}/s", bulk / plain)
                 table.add("index() one bundle per call", single, "bundles/s", ">= 500/s", single >= 500,
                           f"plain JSON rows in SQLite: {plain:,.0f}/s", single / plain)
             print(f"searching {bundles:,} bundles …", flush=True)
             measure_searches(index, directory, args.searches, table)
+            for name, (p50, p99) in search_latencies(index, args.searches).items():
+                embedded[f"search {name} p50"], embedded[f"search {name} p99"] = p50, p99
             print(f"percolating against {subscriptions:,} subscriptions …", flush=True)
-            measure_percolation(index, subscriptions, 50, table)
+            embedded["percolate p50"] = measure_percolation(index, subscriptions, 50, table)
             measure_jmespath(subscriptions, 50, table)
         finally:
             if args.dir is None:
@@ -319,6 +406,12 @@ def main(argv: list[str] | None = None) -> int:
                 _drop_subscriptions(index, subscriptions)
                 index.close()
         table.print()
+        if not args.no_opensearch:
+            print(f"\nthe same on OpenSearch {bundles:,} bundles, {subscriptions:,} subscriptions …", flush=True)
+            if not corpus.exists():  # the embedded index was reused: the same documents again
+                write_corpus(corpus, bundles)
+            opensearch = measure_opensearch(corpus, bundles, args.searches, subscriptions, 50)
+            print_side_by_side(embedded, opensearch, bundles, subscriptions)
     return 0
 
 

@@ -1,17 +1,22 @@
-"""The Elasticsearch backend's requests and error translation, against a recording stand-in client.
+"""The cloud backend (OpenSearch through opensearch-py): what only a stand-in or the client itself can show.
 
-The behaviour of real Elasticsearch is covered by the shared suites (conformance, semantics,
-percolation), which run against it when DSS_TEST_ES_URL is set. These tests pin what we send.
+The engine's behaviour (mapping, queries, paging, `_source` filtering, percolation, re-storing
+subscriptions when the mapping grows) is covered by the shared suites, which run every test against a
+real OpenSearch node (tests/infra/opensearch.py). What stays here against a recording stand-in client:
+that subscriptions are stored again only when the mapping grew, and the translation of failures a
+healthy local node never gives (429, 503, timeouts). And the choice of client: SigV4 for AWS domains.
 """
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from elasticsearch import exceptions as es
+from opensearchpy import AWSV4SignerAuth
+from opensearchpy import exceptions as es
 
-from dss.index import InvalidQuery, SearchIndexError, SearchUnavailable
-from dss.index.elasticsearch import ElasticsearchSearchIndex
+from dss.index import InvalidQuery, SearchIndexError, SearchUnavailable, open_search_index
+from dss.index.elasticsearch import ElasticsearchSearchIndex, aws_target, index_mappings
+from tests.infra.opensearch import unique_stage
 
 INDEX = "dss-dev-aws-docs"
 ALIAS = "dss-dev-aws-docs-alias"
@@ -93,65 +98,14 @@ def client(monkeypatch: pytest.MonkeyPatch) -> FakeClient:
             fake.stored[action["_id"]] = action["_source"]
         return len(actions), []
 
-    monkeypatch.setattr("elasticsearch.helpers.scan", scan)
-    monkeypatch.setattr("elasticsearch.helpers.bulk", bulk)
+    monkeypatch.setattr("opensearchpy.helpers.scan", scan)
+    monkeypatch.setattr("opensearchpy.helpers.bulk", bulk)
     return fake
 
 
 @pytest.fixture
 def index(client: FakeClient) -> ElasticsearchSearchIndex:
     return ElasticsearchSearchIndex(client, stage="dev")
-
-
-def test_index_is_created_with_the_original_mapping(index: ElasticsearchSearchIndex, client: FakeClient) -> None:
-    index.index("aws", "u.1", {"uuid": "u"})
-    body = client.indices.created[INDEX]
-    assert body["aliases"] == {ALIAS: {}}
-    template = body["mappings"]["dynamic_templates"][0]["strings_as_keywords"]
-    assert template["match_mapping_type"] == "string"
-    assert template["mapping"]["type"] == "keyword" and template["mapping"]["ignore_above"] == 256
-    assert template["mapping"]["fields"] == {"text": {"type": "text"}}
-    normalizer = body["settings"]["analysis"]["normalizer"][template["mapping"]["normalizer"]]
-    assert normalizer["filter"] == ["lowercase"]
-    assert body["mappings"]["properties"]["query"] == {"type": "percolator"}
-    assert body["mappings"]["properties"]["uuid"] == {"type": "keyword"}
-    assert body["mappings"]["properties"]["manifest"]["properties"]["version"] == {"type": "keyword"}
-    assert body["settings"]["index"]["percolator"]["map_unmapped_fields_as_string"] is True
-    assert body["mappings"]["date_detection"] is True
-
-
-def test_search_request(index: ElasticsearchSearchIndex, client: FakeClient) -> None:
-    client.search_response = {"hits": {"total": {"value": 12, "relation": "eq"}, "hits": [
-        {"_id": "u.2", "_score": None, "sort": ["u", "2"], "_source": {"uuid": "u"}}]}}
-    page = index.search("aws", {"query": {"term": {"a": 1}}, "sort": ["ignored"], "size": 3}, size=10,
-                        search_after=["v", "1"], source=False)
-    _, target, body, params = client.calls[-1]
-    assert target == ALIAS
-    assert body["query"] == {"bool": {"must": [{"term": {"a": 1}}], "filter": [{"exists": {"field": "uuid"}}]}}
-    assert body["sort"] == [{"uuid": {"order": "desc"}}, {"manifest.version": {"missing": "_last", "order": "desc"}}]
-    assert body["_source"] is False and body["search_after"] == ["v", "1"] and "size" not in body
-    assert params == {"size": 10, "track_total_hits": "true"}
-    assert page.total == 12
-    assert [(hit.id, hit.sort, hit.source) for hit in page.hits] == [("u.2", ["u", "2"], None)]
-
-
-def test_raw_search_keeps_source_filtering(index: ElasticsearchSearchIndex, client: FakeClient) -> None:
-    index.search("aws", {"_source": ["uuid"]}, size=10)
-    body = client.calls[-1][2]
-    assert body["_source"] == ["uuid"]
-    assert body["query"]["bool"]["must"] == [{"match_all": {}}]
-
-
-def test_subscriptions_are_percolator_documents(index: ElasticsearchSearchIndex, client: FakeClient) -> None:
-    index.add_subscription_query("aws", "s1", {"query": {"match_all": {}}})
-    assert client.calls[-1] == ("index", INDEX, "subscription-s1", {"query": {"match_all": {}}}, "true")
-    with pytest.raises(InvalidQuery):
-        index.add_subscription_query("aws", "s1", {"match_all": {}})
-    assert index.percolate("aws", {"uuid": "u"}) == ["s1", "s2"]
-    assert client.calls[-1][2] == {"query": {"percolate": {"field": "query", "document": {"uuid": "u"}}}}
-    index.remove_subscription_query("aws", "s1")
-    assert client.calls[-1] == ("delete", INDEX, "subscription-s1")
-    assert index.get("aws", "subscription-s1") is None
 
 
 def test_new_fields_store_subscriptions_again(index: ElasticsearchSearchIndex, client: FakeClient) -> None:
@@ -189,4 +143,90 @@ def test_from_url_builds_a_client_without_connecting() -> None:
     index = ElasticsearchSearchIndex.from_url("http://localhost:1", stage="dev")
     assert index.index_name("gcp") == "dss-dev-gcp-docs"
     assert index.alias_name("gcp") == "dss-dev-gcp-docs-alias"
+    assert index._client.transport.kwargs.get("http_auth") is None  # a plain self-managed cluster
     index.close()
+
+
+@pytest.mark.parametrize("url,expected", [
+    ("https://search-dss-abc123.us-east-1.es.amazonaws.com", ("us-east-1", "es")),
+    ("https://vpc-dss-prod-xyz.eu-west-2.es.amazonaws.com:443/", ("eu-west-2", "es")),
+    ("https://search-dss-abc123.aos.us-gov-west-1.on.aws", ("us-gov-west-1", "es")),
+    ("https://abcdef123.us-west-2.aoss.amazonaws.com", ("us-west-2", "aoss")),
+    ("http://127.0.0.1:9200", None),
+    ("https://search.example.org", None),
+    ("https://es.amazonaws.com.example.org", None),
+])
+def test_aws_domains_are_recognised(url: str, expected: tuple[str, str] | None) -> None:
+    assert aws_target(url) == expected
+
+
+@pytest.fixture
+def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+
+
+def test_aws_domains_get_signed_requests(aws_credentials: None) -> None:
+    index = open_search_index("https://search-dss-abc123.us-east-1.es.amazonaws.com", stage="dev")
+    auth = index._client.transport.kwargs["http_auth"]  # type: ignore[attr-defined]
+    assert isinstance(auth, AWSV4SignerAuth) and (auth.signer.region, auth.service) == ("us-east-1", "es")
+    index.close()
+    plain = open_search_index("https://search-dss-abc123.us-east-1.es.amazonaws.com", aws_sigv4=False)
+    assert plain._client.transport.kwargs.get("http_auth") is None  # type: ignore[attr-defined]
+    plain.close()
+
+
+def test_signed_requests_reach_a_real_node(aws_credentials: None, opensearch_url: str) -> None:
+    """SigV4 forced on a plain node (which ignores the signature): the signing path works end to end."""
+    index = open_search_index(opensearch_url, stage=unique_stage("sig"), aws_sigv4=True)
+    try:
+        assert isinstance(index._client.transport.kwargs["http_auth"], AWSV4SignerAuth)  # type: ignore[attr-defined]
+        index.index("aws", "u.1", {"uuid": "u", "manifest": {"version": "1"}})
+        index.refresh("aws")
+        assert [hit.id for hit in index.search("aws", {"query": {"match_all": {}}}, size=10).hits] == ["u.1"]
+    finally:
+        index.destroy()  # type: ignore[attr-defined]
+        index.close()
+
+
+def test_the_index_on_a_real_node_has_the_original_layout(opensearch_url: str) -> None:
+    index = ElasticsearchSearchIndex.from_url(opensearch_url, stage=unique_stage("layout"))
+    try:
+        index.index("aws", "u.1", {"uuid": "u", "manifest": {"version": "1"}, "colour": "Red"})
+        client = index._client
+        assert client.indices.get_alias(name=index.alias_name("aws")) == {index.index_name("aws"): {
+            "aliases": {index.alias_name("aws"): {}}}}
+        mapping = client.indices.get_mapping(index=index.index_name("aws"))[index.index_name("aws")]["mappings"]
+        assert mapping["properties"]["query"] == {"type": "percolator"}
+        assert mapping["properties"]["uuid"] == {"type": "keyword"}
+        assert mapping["properties"]["colour"] == index_mappings()["dynamic_templates"][0]["strings_as_keywords"][
+            "mapping"]
+        settings = client.indices.get_settings(index=index.index_name("aws"))[index.index_name("aws")]["settings"]
+        assert settings["index"]["percolator"]["map_unmapped_fields_as_text"] == "true"
+    finally:
+        index.destroy()
+        index.close()
+
+
+@pytest.mark.parametrize("raw,expected", [(None, None), ("auto", None), ("", None), ("true", True), ("1", True),
+                                          ("false", False), ("0", False)])
+def test_the_sigv4_setting(tmp_path: Any, raw: str | None, expected: bool | None) -> None:
+    from dss.config import Config
+
+    env = {"DSS_DATA_DIR": str(tmp_path)} | ({} if raw is None else {"DSS_SEARCH_AWS_SIGV4": raw})
+    assert Config.from_env(env).search_aws_sigv4 is expected
+    assert Config.from_env({**env, "DSS_SEARCH_REFRESH_WRITES": "1"}).search_refresh_writes is True
+
+
+def test_percolation_past_one_page_scrolls(opensearch_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("dss.index.elasticsearch._PERCOLATE_PAGE", 2)
+    index = ElasticsearchSearchIndex.from_url(opensearch_url, stage=unique_stage("scroll"))
+    try:
+        for name in ("s1", "s2", "s3", "s4", "s5"):
+            index.add_subscription_query("aws", name, {"query": {"match_all": {}}})
+        index.add_subscription_query("aws", "other", {"query": {"term": {"colour": "blue"}}})
+        assert index.percolate("aws", {"uuid": "u", "colour": "red"}) == ["s1", "s2", "s3", "s4", "s5"]
+    finally:
+        index.destroy()
+        index.close()

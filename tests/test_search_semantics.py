@@ -83,7 +83,11 @@ CASES: list[tuple[str, dict[str, Any], list[str]]] = [
     ("text prefix is not normalised", {"prefix": {X + "code.text": "ABC"}}, []),
     ("text prefix on tokens", {"prefix": {X + "code.text": "ab"}}, ["bbbb.1", "aaaa.1"]),
     ("keyword wildcard is normalised", {"wildcard": {X + "organ": "BR*N"}}, ["aaaa.1"]),
-    ("text wildcard is normalised", {"wildcard": {X + "organ.text": {"value": "T?SSUE"}}}, ["bbbb.1"]),
+    ("text wildcard is not normalised", {"wildcard": {X + "organ.text": {"value": "T?SSUE"}}}, []),
+    ("text wildcard on tokens", {"wildcard": {X + "organ.text": {"value": "t?ssue"}}}, ["bbbb.1"]),
+    ("text wildcard case_insensitive", {"wildcard": {X + "organ.text": {"value": "T?SSUE", "case_insensitive": True}}},
+     ["bbbb.1"]),
+    ("query_string wildcard on text is normalised", {"query_string": {"query": X + "organ.text:T?SSUE"}}, ["bbbb.1"]),
     ("lte a day includes the whole day", {"range": {X + "when": {"lte": "2019-05-15"}}}, ["aaaa.1"]),
     ("gt a day excludes the whole day", {"range": {X + "when": {"gt": "2019-05-15"}}}, ["cccc.2", "bbbb.1"]),
     ("lt a day excludes it", {"range": {X + "when": {"lt": "2019-05-16"}}}, ["aaaa.1"]),
@@ -143,7 +147,7 @@ CASES: list[tuple[str, dict[str, Any], list[str]]] = [
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    index = open_backend(request.param, tmp_path_factory.mktemp(request.param))
+    index = open_backend(request.param, tmp_path_factory.mktemp(request.param), request)
     for doc_id, doc in DOCS.items():
         index.index(REPLICA, doc_id, doc)
     if request.param != "embedded-pending":

@@ -155,11 +155,16 @@ class SearchIndex(abc.ABC):
         self.close()
 
 
+_REMOTE_ONLY_OPTIONS = ("stage", "refresh_writes", "aws_sigv4")
+
+
 def open_search_index(url: str, **options: Any) -> SearchIndex:
     """Build the backend for `url`: `sqlite://<path>` (embedded) or `http(s)://host[:port]` (Elasticsearch).
 
     Options are passed to the backend's constructor (for example `stage=` for Elasticsearch index
-    names, or `client=` to inject a ready Elasticsearch client).
+    names, or `client=` to inject a ready OpenSearch client). The options that only concern a remote
+    cluster (`stage`, `refresh_writes`, `aws_sigv4`) are ignored by the embedded engine, which keeps one
+    deployment per directory and makes every write visible at once.
     """
     scheme, sep, rest = url.partition("://")
     if not sep:
@@ -167,6 +172,8 @@ def open_search_index(url: str, **options: Any) -> SearchIndex:
     scheme = scheme.lower()
     if scheme == "sqlite":
         from dss.index.embedded import EmbeddedSearchIndex
+        for name in _REMOTE_ONLY_OPTIONS:
+            options.pop(name, None)
         return EmbeddedSearchIndex(rest, **options)
     if scheme in ("http", "https"):
         from dss.index.elasticsearch import ElasticsearchSearchIndex

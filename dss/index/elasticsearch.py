@@ -1,4 +1,9 @@
-"""The SearchIndex port over Elasticsearch 7.10 (or a compatible OpenSearch), with the official client.
+"""The SearchIndex port over OpenSearch (or Elasticsearch 7.10), with the official `opensearch-py` client.
+
+The client is chosen by URL: a domain managed by AWS (`*.es.amazonaws.com`, `*.aos.<region>.on.aws`,
+`*.aoss.amazonaws.com`) gets requests signed with SigV4 (`AWSV4SignerAuth`, the credentials of the
+process: the Lambda's role in the cloud); any other http(s) URL is a self-managed cluster spoken to
+plainly. `aws_sigv4=True/False` overrides the choice (DSS_SEARCH_AWS_SIGV4).
 
 Per replica there is one index, `dss-<stage>-<replica>-docs`, behind the alias
 `dss-<stage>-<replica>-docs-alias` that searches use. It holds the bundle documents and, as in the
@@ -10,7 +15,12 @@ values are ignored (as the embedded engine does) rather than failing the whole d
 
 Elasticsearch parses a percolator query against the mapping of the moment it is stored (an unmapped
 field is taken for a text field). So when a document brings new fields, every stored subscription query
-is stored again, as the original did (its workaround for elastic/elasticsearch#5750).
+is stored again, as the original did (its workaround for elastic/elasticsearch#5750). OpenSearch 2.19
+takes an unmapped field for text only while no object on its path is mapped yet: it refuses a query on
+a new field under an object that documents already have (`files.new_json.x` once any document has
+`files`). Such a query is kept as a pending subscription (`pending_query`, not indexed, so it matches
+nothing) and becomes a percolator query when the mapping grows, before the document that brought the
+field is percolated (the index handler indexes, then notifies).
 
 Errors from the client are translated here: a 400 is an InvalidQuery (or DocumentRejected when
 indexing), connection problems, timeouts, 429 and 5xx are SearchUnavailable; the original error is
@@ -20,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -43,13 +54,15 @@ logger = logging.getLogger(__name__)
 SUBSCRIPTION_PREFIX = "subscription-"
 _NORMALIZER = "dss_lowercase"
 _TRANSIENT_STATUSES = {429, 502, 503, 504}
+_PERCOLATE_PAGE = 10000  # index.max_result_window: one request up to that many matches
+_UNMAPPED = "No field mapping can be found"
 
 
 def index_settings() -> dict[str, Any]:
     return {
         "index": {
             "mapping": {"total_fields": {"limit": 10000}, "ignore_malformed": True},
-            "percolator": {"map_unmapped_fields_as_string": True},
+            "percolator": {"map_unmapped_fields_as_text": True},
         },
         "analysis": {"normalizer": {_NORMALIZER: {"type": "custom", "filter": ["lowercase"]}}},
     }
@@ -69,6 +82,7 @@ def index_mappings() -> dict[str, Any]:
             "uuid": {"type": "keyword"},
             "manifest": {"properties": {"version": {"type": "keyword"}}},
             "query": {"type": "percolator"},
+            "pending_query": {"type": "object", "enabled": False},  # kept, not indexed: see the docstring
         },
     }
 
@@ -86,7 +100,7 @@ def _reason(error: Any) -> str:
 
 @contextlib.contextmanager
 def _translated(rejected: type[SearchIndexError] = InvalidQuery) -> Iterator[None]:
-    from elasticsearch import exceptions as es
+    from opensearchpy import exceptions as es
 
     try:
         yield
@@ -98,8 +112,10 @@ def _translated(rejected: type[SearchIndexError] = InvalidQuery) -> Iterator[Non
         status = error.status_code if isinstance(error.status_code, int) else 0
         if status in _TRANSIENT_STATUSES or status >= 500:
             raise SearchUnavailable(f"Elasticsearch answered {status}: {_reason(error)}") from error
+        if status == 404 and rejected is InvalidQuery:  # our own index exists: the query names another one
+            raise InvalidQuery(_reason(error)) from error  # (a terms lookup in a missing index)
         raise SearchIndexError(f"Elasticsearch answered {status}: {_reason(error)}") from error
-    except (es.ElasticsearchException, es.ImproperlyConfigured) as error:
+    except (es.OpenSearchException, es.ImproperlyConfigured) as error:
         raise SearchIndexError(f"Elasticsearch client error: {error}") from error
 
 
@@ -125,8 +141,49 @@ def _mapped_paths(properties: Mapping[str, Any], prefix: str = "") -> Iterator[s
         yield from _mapped_paths(spec.get("properties", {}), path + ".")
 
 
+_AWS_HOSTS = (
+    (re.compile(r"\.(?P<region>[a-z]{2}(?:-[a-z]+)+-\d+)\.es\.amazonaws\.com$"), "es"),
+    (re.compile(r"\.aos\.(?P<region>[a-z]{2}(?:-[a-z]+)+-\d+)\.on\.aws$"), "es"),
+    (re.compile(r"\.(?P<region>[a-z]{2}(?:-[a-z]+)+-\d+)\.aoss\.amazonaws\.com$"), "aoss"),
+)
+
+
+def aws_target(url: str) -> tuple[str, str] | None:
+    """(region, service) of an AWS-managed OpenSearch endpoint, or None for any other URL."""
+    from urllib.parse import urlsplit
+
+    host = (urlsplit(url).hostname or "").lower()
+    for pattern, service in _AWS_HOSTS:
+        found = pattern.search(host)
+        if found:
+            return found.group("region"), service
+    return None
+
+
+def _client(url: str, *, timeout: float, aws_sigv4: bool | None, **client_options: Any) -> Any:
+    from opensearchpy import OpenSearch
+
+    target = aws_target(url)
+    if aws_sigv4 is None:
+        aws_sigv4 = target is not None
+    if not aws_sigv4:
+        return OpenSearch([url], timeout=timeout, retry_on_timeout=True, max_retries=3, **client_options)
+    import boto3
+    from opensearchpy import AWSV4SignerAuth, RequestsHttpConnection
+
+    session = boto3.Session()
+    credentials = session.get_credentials()
+    if credentials is None:
+        raise SearchIndexError("SigV4 signing for the search domain needs AWS credentials, and none were found")
+    region, service = target or (session.region_name or "us-east-1", "es")
+    logger.info("Signing search requests with SigV4 (%s, %s)", region, service)
+    return OpenSearch([url], http_auth=AWSV4SignerAuth(credentials, region, service),
+                      connection_class=RequestsHttpConnection, timeout=timeout, retry_on_timeout=True,
+                      max_retries=3, **client_options)
+
+
 class ElasticsearchSearchIndex(SearchIndex):
-    """`client` is an `elasticsearch.Elasticsearch`; one instance serves every replica of `stage`."""
+    """`client` is an `opensearchpy.OpenSearch`; one instance serves every replica of `stage`."""
 
     def __init__(self, client: Any, *, stage: str = "local", refresh_writes: bool = False) -> None:
         self._client = client
@@ -138,16 +195,10 @@ class ElasticsearchSearchIndex(SearchIndex):
 
     @classmethod
     def from_url(cls, url: str, *, stage: str = "local", client: Any = None, timeout: float = 30.0,
-                 verify_product: bool = False, refresh_writes: bool = False,
+                 refresh_writes: bool = False, aws_sigv4: bool | None = None,
                  **client_options: Any) -> ElasticsearchSearchIndex:
         if client is None:
-            from elasticsearch import Elasticsearch
-
-            client = Elasticsearch([url], timeout=timeout, retry_on_timeout=True, max_retries=3, **client_options)
-            if not verify_product:
-                # Client 7.14+ refuses servers that do not call themselves Elasticsearch; AWS-managed
-                # 7.10 domains and OpenSearch in compatibility mode speak the same API but fail that check.
-                client.transport._verified_elasticsearch = True
+            client = _client(url, timeout=timeout, aws_sigv4=aws_sigv4, **client_options)
         return cls(client, stage=stage, refresh_writes=refresh_writes)
 
     # ------------------------------------------------------------------------------ index names
@@ -169,7 +220,7 @@ class ElasticsearchSearchIndex(SearchIndex):
         return name
 
     def _create(self, name: str, alias: str) -> None:
-        from elasticsearch import exceptions as es
+        from opensearchpy import exceptions as es
 
         if self._client.indices.exists(index=name):
             return
@@ -196,7 +247,7 @@ class ElasticsearchSearchIndex(SearchIndex):
         self._after_write(replica, [doc])
 
     def index_many(self, replica: str, docs: Iterable[tuple[str, Mapping[str, Any]]]) -> int:
-        from elasticsearch import helpers
+        from opensearchpy import helpers
 
         name = self._index(replica)
         batch = list(docs)
@@ -221,14 +272,18 @@ class ElasticsearchSearchIndex(SearchIndex):
 
     def _restore_subscriptions(self, name: str) -> None:
         """Store every subscription query again, so that it is parsed against the grown mapping."""
-        from elasticsearch import helpers
+        from opensearchpy import helpers
 
         stored = helpers.scan(self._client, index=name, _source=True,
                               query={"query": {"bool": {"must_not": {"exists": {"field": "uuid"}}}}})
-        actions = [{"_index": name, "_id": hit["_id"], "_source": hit["_source"]} for hit in stored]
+        actions = [{"_index": name, "_id": hit["_id"], "_source": {"query": hit["_source"].get(
+            "query", hit["_source"].get("pending_query"))}} for hit in stored]
         if actions:
-            helpers.bulk(self._client, actions, refresh="true")
-            logger.info("Re-stored %d subscription queries of %s after its mapping grew", len(actions), name)
+            # A query that still names an unmapped field fails and stays as it was (pending).
+            _, failures = helpers.bulk(self._client, actions, refresh="true", raise_on_error=False)
+            failed = len(failures) if isinstance(failures, list) else 0
+            logger.info("Re-stored %d subscription queries of %s after its mapping grew (%d still pending)",
+                        len(actions) - failed, name, failed)
 
     def get(self, replica: str, doc_id: str) -> dict[str, Any] | None:
         name = self._index(replica)
@@ -281,10 +336,19 @@ class ElasticsearchSearchIndex(SearchIndex):
     def add_subscription_query(self, replica: str, sub_id: str, es_query: Mapping[str, Any]) -> None:
         if not isinstance(es_query, Mapping) or set(es_query) != {"query"}:
             raise InvalidQuery('a subscription es_query must be an object with exactly one key, "query"')
+        from opensearchpy import exceptions as es
+
         name = self._index(replica)
         with _translated():
-            self._client.index(index=name, id=SUBSCRIPTION_PREFIX + sub_id, body={"query": es_query["query"]},
-                               refresh="true")
+            try:
+                self._client.index(index=name, id=SUBSCRIPTION_PREFIX + sub_id, body={"query": es_query["query"]},
+                                   refresh="true")
+            except es.RequestError as error:
+                if _UNMAPPED not in _reason(error):
+                    raise
+                # Valid, but on a field no document has yet: pending until the mapping grows.
+                self._client.index(index=name, id=SUBSCRIPTION_PREFIX + sub_id,
+                                   body={"pending_query": es_query["query"]}, refresh="true")
 
     def remove_subscription_query(self, replica: str, sub_id: str) -> None:
         name = self._index(replica)
@@ -292,12 +356,17 @@ class ElasticsearchSearchIndex(SearchIndex):
             self._client.delete(index=name, id=SUBSCRIPTION_PREFIX + sub_id, refresh="true", ignore=404)
 
     def percolate(self, replica: str, doc: Mapping[str, Any]) -> list[str]:
-        from elasticsearch import helpers
+        from opensearchpy import helpers
 
         name = self._index(replica)
         query = {"query": {"percolate": {"field": "query", "document": doc}}}
         with _translated(SearchIndexError):
-            hits = list(helpers.scan(self._client, index=name, query=query, _source=False))
+            # One request for the usual case; a scroll only when more subscriptions match than one page holds.
+            response = self._client.search(index=name, body=query, size=_PERCOLATE_PAGE, _source=False,
+                                           track_total_hits="true")
+            hits = response["hits"]["hits"]
+            if response["hits"]["total"]["value"] > len(hits):
+                hits = list(helpers.scan(self._client, index=name, query=query, _source=False))
         return sorted(hit["_id"][len(SUBSCRIPTION_PREFIX):] for hit in hits
                       if hit["_id"].startswith(SUBSCRIPTION_PREFIX))
 

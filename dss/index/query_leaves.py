@@ -1,12 +1,13 @@
 """Leaf queries on one field, resolved against the mapping the way Elasticsearch 7.10 does it.
 
 Term-level queries (`term`, `terms`, `range`, `prefix`, `wildcard`) normalise their value on a
-lower-casing keyword field, exactly like the indexed terms; on a `.text` sub-field `term`, `range` and
-`prefix` take the value as given (so `Brain` never matches a lower-cased token) while `wildcard`
-lower-cases it. Full-text queries (`match`, `match_phrase`) analyse their text with the field's own
-analyser: on a keyword field that is the normaliser, so the whole value is one term; on `.text` it is
-the standard analyser. On numeric, date and boolean fields both kinds become exact-value queries,
-and a date given without some parts covers the whole period it names (ES `term` on dates is a range).
+lower-casing keyword field, exactly like the indexed terms; on a `.text` sub-field `term`, `range`,
+`prefix` and `wildcard` take the value as given (so `Brain` never matches a lower-cased token), as
+OpenSearch 2.19 does; only a `query_string` wildcard is lower-cased there. Full-text queries
+(`match`, `match_phrase`) analyse their text with the field's own analyser: on a keyword field that
+is the normaliser, so the whole value is one term; on `.text` it is the standard analyser. On
+numeric, date and boolean fields both kinds become exact-value queries, and a date given without
+some parts covers the whole period it names (ES `term` on dates is a range).
 """
 from __future__ import annotations
 
@@ -160,13 +161,18 @@ class FieldQueries:
             return Prefix("kw", field.base, analysis.normalise_keyword(text))
         return Prefix(field.space, field.base, text, case_insensitive)
 
-    def wildcard(self, name: str, pattern: Any, *, case_insensitive: bool = False) -> Node:
+    def wildcard(self, name: str, pattern: Any, *, case_insensitive: bool = False,
+                 normalise_text: bool = False) -> Node:
+        """`normalise_text`: lower-case the pattern on a `.text` field too (query_string does, the
+        `wildcard` query does not)."""
         text = str(analysis.keyword_text(_scalar("wildcard", pattern)))
         field = self._string_field(name, "wildcard")
         if field is None:
             return MATCH_NONE
-        if field.type in (FieldType.KEYWORD, FieldType.TEXT):
+        if field.type is FieldType.KEYWORD or (field.type is FieldType.TEXT and normalise_text):
             return Wildcard(field.space, field.base, _normalise_pattern(text))
+        if field.type is FieldType.TEXT:
+            return Wildcard(field.space, field.base, text, case_insensitive)
         return Wildcard("kw", field.base, text, case_insensitive)
 
     def _string_field(self, name: str, query: str) -> Field | None:

@@ -286,7 +286,7 @@ class _Parser:
             if field is not None and field.type is FieldType.RAW_KEYWORD:
                 prefix = _unescape(body)
             return self.leaves.prefix(name, prefix)
-        return self.leaves.wildcard(name, raw)
+        return self.leaves.wildcard(name, raw, normalise_text=True)
 
     def range(self, fields: list[str], token: _Token) -> Node | None:
         match = re.match(r'[\[{]\s*("(?:\\.|[^"])*"|\S+)\s+TO\s+("(?:\\.|[^"])*"|[^\s\]}]+)\s*[\]}]', token.text)
