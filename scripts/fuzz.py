@@ -2,6 +2,7 @@
 """`make fuzz`: schemathesis against the contract as a real `dss-api` serves it.
 
     .venv/bin/python scripts/fuzz.py [--max-examples N] [--seed S] [--min-requests N] [--deterministic]
+                                     [--include-path-regex REGEX]
 
 Starts, on loopback only, moto's S3 server and a GCS emulator (so that `s3://` and `gs://` sources
 answer from this machine, never from a cloud or a metadata server), then `./dss-api` on a free port with
@@ -180,6 +181,8 @@ def _schemathesis(args: argparse.Namespace, url: str, token: str, work: Path) ->
     command += ["--generation-deterministic"] if args.deterministic else ["--generation-database", "none"]
     if args.phases:
         command += ["--phases", args.phases]
+    if args.include_path_regex:
+        command += ["--include-path-regex", args.include_path_regex]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "fuzz", STAGING_VARIABLE: str(work / "staging"),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "scripts"), os.environ.get("PYTHONPATH")]))}
     status = subprocess.run(command, env=env, cwd=work).returncode
@@ -200,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-requests", type=int, default=10_000, help="fail if fewer requests were sent")
     parser.add_argument("--deterministic", action="store_true", help="derandomize generation (same run every time)")
     parser.add_argument("--phases", help="schemathesis phases, e.g. coverage,fuzzing (default: all)")
+    parser.add_argument("--include-path-regex", help="only the operations whose path matches, e.g. ^/collections")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, HAR report)")
     args = parser.parse_args(argv)
 

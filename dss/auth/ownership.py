@@ -1,4 +1,4 @@
-"""Who may write new versions of a file or bundle: its owner, and administrators.
+"""Who may write new versions of a file, bundle or collection: its owner, and administrators.
 
 The original service let any valid token add versions to any file or bundle UUID. Since a read without
 `version` answers the latest version, that let one user change what another user's UUID means. Here the
@@ -32,15 +32,17 @@ class Ownership:
         self.table = table
         self.admin_emails = frozenset(admin_emails)
 
-    def claim(self, kind: str, uuid: str, principal: Principal) -> None:
-        """Record the caller as the owner of `kind`/`uuid` if it has none; refuse anyone else but admins."""
+    def claim(self, kind: str, uuid: str, principal: Principal) -> str:
+        """Record the caller as the owner of `kind`/`uuid` if it has none; refuse anyone else but admins.
+        Returns the owner's identity (an administrator writing for someone else gets that owner's)."""
         uuid = normalise_uuid(uuid)
         caller, key = identity(principal), f"{kind}/{uuid}"
         try:
             self.table.put(key, "owner", {"owner": caller}, if_absent=True)
-            return
+            return caller
         except TableConflict:
             owner = (self.table.get(key, "owner") or {}).get("owner")
         if owner != caller and principal.email not in self.admin_emails:
             logger.info("Refused a write of %s by a caller who does not own it", key)
             raise Forbidden(f"{kind[:-1].capitalize()} {uuid} belongs to another user")
+        return owner or caller

@@ -10,9 +10,9 @@ its order), and a JSON object `body`. A backend is chosen by URL scheme in :func
   body as a JSON string attribute ``body``; the endpoint comes from boto3's own configuration
   (``AWS_ENDPOINT_URL`` and friends), so tests point it at moto's server.
 
-Backends implement five primitives (`put`, `get`, `delete`, `query`, `scan`); `count` is derived here and
-overridden where the backend counts more cheaply. Errors are translated at the backend edge, keeping the
-original as `__cause__`:
+Backends implement five primitives (`put`, `get`, `delete`, `query`, `scan`); `count` and `query_slice` are
+derived here and overridden where the backend does them more cheaply. Errors are translated at the backend
+edge, keeping the original as `__cause__`:
 
     TableError              the backend failed or refused (unknown table, oversized item, network …)
     └── TableConflict       `put(..., if_absent=True)` found an item already under those keys
@@ -84,6 +84,13 @@ class Table(abc.ABC):
         _check_key(hash_key, "hash_key")
         return self._query(hash_key)
 
+    def query_slice(self, hash_key: str, offset: int, limit: int) -> list[dict[str, Any]]:
+        """At most ``limit`` bodies under ``hash_key``, from position ``offset`` of ``query``'s order."""
+        _check_key(hash_key, "hash_key")
+        if offset < 0 or limit < 0:
+            raise ValueError(f"offset and limit must not be negative, got {offset}, {limit}")
+        return self._query_slice(hash_key, offset, limit)
+
     def count(self, hash_key: str) -> int:
         """How many items ``hash_key`` holds."""
         _check_key(hash_key, "hash_key")
@@ -121,6 +128,9 @@ class Table(abc.ABC):
 
     def _count(self, hash_key: str) -> int:
         return len(self._query(hash_key))
+
+    def _query_slice(self, hash_key: str, offset: int, limit: int) -> list[dict[str, Any]]:
+        return self._query(hash_key)[offset:offset + limit]
 
 
 def open_table(url: str, name: str, **options: Any) -> Table:

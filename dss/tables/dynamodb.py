@@ -111,6 +111,21 @@ class DynamoDBTable(Table):
         pages = self._pages("query", ScanIndexForward=True, **self._query_arguments(hash_key))
         return [json.loads(item["body"]["S"]) for page in pages for item in page.get("Items", [])]
 
+    def _query_slice(self, hash_key: str, offset: int, limit: int) -> list[dict[str, Any]]:
+        # DynamoDB has no offset: read in key order and stop as soon as the slice is complete.
+        wanted: list[dict[str, Any]] = []
+        seen = 0
+        if limit == 0:
+            return wanted
+        for page in self._pages("query", ScanIndexForward=True, **self._query_arguments(hash_key)):
+            for item in page.get("Items", []):
+                if seen >= offset:
+                    wanted.append(json.loads(item["body"]["S"]))
+                seen += 1
+                if len(wanted) >= limit:
+                    return wanted
+        return wanted
+
     def _count(self, hash_key: str) -> int:
         return sum(page.get("Count", 0) for page in self._pages("query", Select="COUNT",
                                                                  **self._query_arguments(hash_key)))

@@ -79,6 +79,11 @@ class SQLiteTable(Table):
         rows = self._fetch(f"SELECT body FROM {self._sql_name} WHERE hash_key = ? ORDER BY sort_key", (hash_key,))
         return [json.loads(body) for (body,) in rows]
 
+    def _query_slice(self, hash_key: str, offset: int, limit: int) -> list[dict[str, Any]]:
+        rows = self._fetch(f"SELECT body FROM {self._sql_name} WHERE hash_key = ? ORDER BY sort_key LIMIT ? OFFSET ?",
+                           (hash_key, limit, offset))
+        return [json.loads(body) for (body,) in rows]
+
     def _count(self, hash_key: str) -> int:
         return int(self._fetch(f"SELECT COUNT(*) FROM {self._sql_name} WHERE hash_key = ?", (hash_key,))[0][0])
 
