@@ -69,7 +69,7 @@ def test_large_manifests_lose_their_file_list() -> None:
 
 def test_tombstone_document() -> None:
     tombstone = {"email": "admin@example.org", "reason": "mistake", "admin_deleted": True}
-    assert tombstone_document("u1", None, tombstone) == {**tombstone, "uuid": "u1", "manifest": {"version": None}}
+    assert tombstone_document("u1", "v1", tombstone) == {**tombstone, "uuid": "u1", "manifest": {"version": "v1"}}
     assert tombstone_document("u1", "v2", tombstone)["manifest"] == {"version": "v2"}
 
 

@@ -178,11 +178,12 @@ def test_a_token_without_an_email_is_401(dss: DSSServer) -> None:
 
 # --- limits and validation ----------------------------------------------------------------------------------
 
-def test_at_most_100_subscriptions_per_owner(dss: DSSServer, client: Client) -> None:
-    created = [client.put({"callback_url": HOOK}) for _ in range(100)]
-    assert [r.status_code for r in created] == [201] * 100
+def test_refused_once_an_owner_has_more_than_100_subscriptions(dss: DSSServer, client: Client) -> None:
+    # the original's check is `count > SUBSCRIPTION_LIMIT` (100): the 101st is accepted, the 102nd refused
+    created = [client.put({"callback_url": HOOK}) for _ in range(101)]
+    assert [r.status_code for r in created] == [201] * 101
     assert_problem(client.put({"callback_url": HOOK}), 406, "not_acceptable")
-    assert len(client.find().json()["subscriptions"]) == 100
+    assert len(client.find().json()["subscriptions"]) == 101
     assert Client(dss, OTHER).put({"callback_url": HOOK}).status_code == 201  # per owner
     assert client.delete(created[0].json()["uuid"]).status_code == 200
     assert client.put({"callback_url": HOOK}).status_code == 201

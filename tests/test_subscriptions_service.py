@@ -148,7 +148,8 @@ def test_callback_urls_must_be_public_unless_allow_listed(table: Table, search: 
 
 def test_the_limit_is_per_owner_replica_and_kind(table: Table, search: SearchIndex) -> None:
     service = SubscriptionService(table, search, allowlist=LOOPBACK, limit=3)
-    created = [service.put("aws", OWNER, jmespath_body())["uuid"] for _ in range(3)]
+    # the original's check is `count > limit`, so an owner reaches limit + 1 before a refusal
+    created = [service.put("aws", OWNER, jmespath_body())["uuid"] for _ in range(4)]
     with pytest.raises(TooManySubscriptions) as refused:
         service.put("aws", OWNER, jmespath_body())
     assert refused.value.code == "not_acceptable"
@@ -157,7 +158,7 @@ def test_the_limit_is_per_owner_replica_and_kind(table: Table, search: SearchInd
     service.put("aws", OWNER, es_body())
     service.delete("aws", OWNER, created[0], "jmespath")
     service.put("aws", OWNER, jmespath_body())  # room again
-    assert len(service.find("aws", OWNER, "jmespath")) == 3
+    assert len(service.find("aws", OWNER, "jmespath")) == 4
 
 
 # --- ownership -----------------------------------------------------------------------------------------
@@ -327,7 +328,7 @@ def test_elasticsearch_payload(service: SubscriptionService, notifier: Notifier,
     payload = json.loads(request.body)
     assert payload == {"transaction_id": payload["transaction_id"], "subscription_id": sub["uuid"],
                        "es_query": body["es_query"], "match": {"bundle_uuid": document["uuid"], "bundle_version": "v1"},
-                       "event_type": "CREATE", "attachments": {"short": {"project_short_name": "abc"}}}
+                       "attachments": {"short": {"project_short_name": "abc"}}}  # the original's v1 fields only
 
 
 def test_multipart_and_custom_key_id(service: SubscriptionService, notifier: Notifier, store: DeliveryStore,

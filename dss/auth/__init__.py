@@ -4,7 +4,13 @@ Trusted issuers:
 - the local issuer (`Config.local_issuer`), keys in the data directory (`dss.auth.keys`);
 - Google service accounts (`iss == sub`, an e-mail): keys recorded by `dss-ops.py trust-service-account`,
   or, for domains in `Config.authorized_domains`, Google's published JWKS for that account;
-- OpenID Connect providers in `Config.openid_providers` (discovery document → `jwks_uri`).
+- OpenID Connect providers in `Config.openid_providers` or named by an identity provider's `issuer`
+  (discovery document → `jwks_uri`).
+
+Each token is read by the first identity provider (`Config.identity_providers()`) that may issue it and
+lists its `aud`: that provider's audiences are verified, and its group and e-mail claims read. So clients
+that send different claims (hca: `https://auth.data.humancellatlas.org/group`; dbio:
+`https://auth.ucsc.ucsc-cgp-redwood.org/group`) work against one server.
 
 Check order follows the original service: a missing or malformed header is a 401 `OAuthProblem`;
 an undecodable token 401 `Unauthorized`; an untrusted issuer 403 `Forbidden`; a bad signature,
@@ -21,12 +27,12 @@ from typing import Any
 
 import jwt
 
-from dss.auth.keys import KeyStore
-from dss.config import Config
+from dss.auth.keys import KeyStore, new_service_account_key
+from dss.config import Config, IdentityProvider
 from dss.errors import AuthProblem, Forbidden, Unauthorized
 
 __all__ = ["Principal", "Authenticator", "require_group", "require_admin", "require_email", "mint_token",
-           "KeyStore"]
+           "KeyStore", "new_service_account_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +76,24 @@ class Authenticator:
         keys = self._keys_for(issuer, str(unverified.get("sub") or ""), header.get("kid"))
         if not keys:
             raise Unauthorized(INVALID)
-        claims = self._decode(token, issuer, keys)
-        return self._principal(claims)
+        provider = self._provider(issuer, unverified.get("aud"))
+        claims = self._decode(token, issuer, keys, provider)
+        return self._principal(claims, provider)
 
-    def _decode(self, token: str, issuer: str, keys: Iterable[Any]) -> dict:
+    def _provider(self, issuer: str, audience: Any) -> IdentityProvider:
+        """The first provider for `issuer` listing one of the token's audiences (a 401 if there is none)."""
+        listed = [audience] if isinstance(audience, str) else audience if isinstance(audience, list) else []
+        audiences = {a for a in listed if isinstance(a, str)}  # any JSON may stand there
+        for provider in self.config.identity_providers():
+            if provider.issuer in (None, issuer) and audiences & set(provider.audiences):
+                return provider
+        logger.info("Rejected a token from %s: no identity provider lists its audience", issuer)
+        raise Unauthorized(INVALID)
+
+    def _decode(self, token: str, issuer: str, keys: Iterable[Any], provider: IdentityProvider) -> dict:
         for key in keys:
             try:
-                return jwt.decode(token, key, algorithms=["RS256"], audience=list(self.config.audiences),
+                return jwt.decode(token, key, algorithms=["RS256"], audience=list(provider.audiences),
                                   issuer=issuer, options={"require": ["exp", "iss", "aud"]}, leeway=30)
             except jwt.InvalidSignatureError:
                 continue
@@ -94,7 +111,8 @@ class Authenticator:
                 return local
             if issuer.rpartition("@")[2] in self.config.authorized_domains:
                 return self._remote_key(GOOGLE_SA_JWKS.format(issuer), kid)
-        elif issuer in self.config.openid_providers:
+        elif issuer in self.config.openid_providers or any(
+                p.issuer == issuer for p in self.config.identity_providers()):
             return self._remote_key(self._jwks_uri(issuer), kid)
         raise Forbidden(NOT_AUTHORIZED)
 
@@ -116,9 +134,10 @@ class Authenticator:
         except jwt.PyJWTError:
             raise Unauthorized(INVALID) from None
 
-    def _principal(self, claims: dict) -> Principal:
-        email = claims.get(self.config.email_claim) or claims.get("email")
-        groups = claims.get(self.config.group_claim) or claims.get("groups") or ()
+    @staticmethod
+    def _principal(claims: dict, provider: IdentityProvider) -> Principal:
+        email = claims.get(provider.email_claim) or claims.get("email")
+        groups = claims.get(provider.group_claim) or claims.get("groups") or ()
         if isinstance(groups, str):
             groups = [groups]
         return Principal(claims["iss"], str(claims.get("sub", "")), str(email).lower() if email else None,

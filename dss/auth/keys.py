@@ -16,7 +16,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-__all__ = ["KeyStore"]
+__all__ = ["KeyStore", "new_service_account_key"]
 
 
 def _public_pem(private_key: Any) -> str:
@@ -30,6 +30,16 @@ def _write_private(path: Path, data: bytes) -> None:
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
     os.replace(tmp, path)
+
+
+def new_service_account_key(email: str) -> dict[str, str]:
+    """A Google-style service-account key file (what `GOOGLE_APPLICATION_CREDENTIALS` names) with a new
+    RSA key: the hca and dbio clients sign their own tokens with it."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    return {"type": "service_account", "client_email": email.lower(), "client_id": email.lower(),
+            "private_key_id": hashlib.sha256(_public_pem(key).encode()).hexdigest()[:16], "private_key": pem}
 
 
 class KeyStore:

@@ -77,5 +77,8 @@ def build_document(uuid: str, manifest: Mapping[str, Any], load_json: LoadJson,
 
 
 def tombstone_document(uuid: str, version: str | None, tombstone: Mapping[str, Any]) -> dict[str, Any]:
-    """What replaces a bundle's document once it is tombstoned; `version` is None for all versions."""
+    """What replaces a bundle version's document once it is tombstoned: the tombstone's fields, `uuid` and
+    `manifest.version`, the version of the document replaced. (The original set the tombstone's own
+    version there, null for a whole-bundle tombstone, so queries and attachments on `manifest.version`
+    could not tell its documents apart.)"""
     return {**tombstone, "uuid": uuid, "manifest": {"version": version}}

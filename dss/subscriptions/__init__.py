@@ -159,7 +159,7 @@ class SubscriptionService:
     def _check_limit(self, subscription: Subscription) -> None:
         kind = subscription.subscription_type
         count = sum(1 for s in self._of_owner(subscription.replica, subscription.owner) if s.subscription_type is kind)
-        if count >= self._limit:
+        if count > self._limit:  # as the original: an owner may reach limit + 1
             raise TooManySubscriptions(f"Users cannot have more than {self._limit} subscriptions!")
 
     def _store(self, subscription: Subscription) -> None:

@@ -9,8 +9,8 @@ and a receiver that sees a retried request sees the same transaction id.
 Payloads follow the original DSS. jmespath subscriptions (its "v2"): ``transaction_id``,
 ``subscription_id``, ``event_type``, ``match``, ``bundle_url``, ``dss_api``, ``event_timestamp``,
 ``jmespath_query`` (if set) and ``attachments`` (if defined, CREATE only). Elasticsearch subscriptions
-("v1"): ``transaction_id``, ``subscription_id``, ``es_query``, ``match``, ``attachments`` (if defined),
-plus ``event_type``.
+("v1"): ``transaction_id``, ``subscription_id``, ``es_query``, ``match`` and ``attachments`` (if defined),
+nothing more (a tombstone's document has `admin_deleted`, for an attachment to tell it apart).
 """
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ class Notifier:
     def _es_payload(subscription: Subscription, transaction_id: str, event: EventType, match: dict[str, str],
                     document: Mapping[str, Any]) -> dict[str, Any]:
         payload: dict[str, Any] = {"transaction_id": transaction_id, "subscription_id": subscription.uuid,
-                                   "es_query": subscription.es_query, "match": match, "event_type": event.value}
+                                   "es_query": subscription.es_query, "match": match}
         if subscription.attachments:
             payload["attachments"] = evaluate_attachments(subscription.attachments, document)
         return payload
