@@ -8,7 +8,7 @@ import pytest
 import requests
 
 from dss.identifiers import new_version
-from tests.infra.dss_server import ADMIN
+from tests.infra.dss_server import ADMIN, start_server
 from tests.infra.helpers import add_file, new_uuid, put_bundle, put_file, stage_local
 
 
@@ -74,6 +74,22 @@ def test_duplicate_names_and_missing_files(dss):
     missing = put_bundle(dss, [dict(entry, uuid=new_uuid())])
     assert missing.status_code == 400 and missing.json()["code"] == "file_missing"
     assert 0.9 <= time.monotonic() - started < 10  # DSS_BUNDLE_FILE_WAIT=1 in tests
+
+
+def test_a_file_still_being_replicated_is_503_with_retry_after(dss_env):
+    """A client that stages in S3 writes its files to aws and may put the bundle in gcp: while a file
+    exists only in the other replica, the answer is "retry" (503, which hca retries), not 400."""
+    server = start_server({**dss_env, "DSS_WORKERS": "0"})  # no worker: nothing replicates
+    try:
+        entry = add_file(server, b"only in aws", "a")
+        pending = put_bundle(server, [entry], replica="gcp")
+        assert pending.status_code == 503, pending.text
+        assert pending.json()["code"] == "service_unavailable" and pending.headers["Retry-After"].isdigit()
+        missing = put_bundle(server, [dict(entry, uuid=new_uuid())], replica="gcp")
+        assert missing.status_code == 400 and missing.json()["code"] == "file_missing"
+    finally:
+        server.stop()
+        server.runtime.close()
 
 
 def test_put_waits_for_a_file_that_arrives_late(dss):

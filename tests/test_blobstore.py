@@ -280,7 +280,8 @@ def test_abort_leaves_nothing(blobstore: BlobStore, big_data: bytes) -> None:
 NATIVE = {"s3": {"s3-multipart", "s3-copy-object"}, "gs": {"gs-rewrite"}}
 # What each method lets `verify` see: a native copy only what the service computed.
 ESTABLISHED = {"s3-multipart": {"size", "s3_etag"}, "s3-copy-object": {"size", "s3_etag"},
-               "gs-rewrite": {"size", "crc32c"}, "staged": {"size", "sha256", "sha1", "s3_etag", "crc32c"}}
+               "gs-rewrite": {"size", "crc32c"}, "gs-compose": {"size", "crc32c"},
+               "staged": {"size", "sha256", "sha1", "s3_etag", "crc32c"}}
 
 
 def _source_store(kind: str, destination: BlobStore, request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:

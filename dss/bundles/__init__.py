@@ -181,8 +181,19 @@ class BundleService:
                                   f"already waiting for the files of {self.max_waiters} other requests. Retry later.")
         if len(found) < len(wanted):
             uuid, version = next(fqid for fqid in wanted if fqid not in found)
+            elsewhere = self._replicated_from(replica, uuid, version)
+            if elsewhere is not None:
+                raise Unavailable(f"Bundle refers to file {uuid}.{version}, which exists in replica {elsewhere} and "
+                                  f"is still being copied to {replica.value}. Retry later.")
             raise FileMissing(f"Bundle refers to a file that does not exist: {uuid}.{version}")
         return [_manifest_entry(e, found[(e.uuid, e.version)]) for e in entries]
+
+    def _replicated_from(self, replica: Replica, uuid: str, version: str) -> str | None:
+        """The other replica that holds the file, if any: replication will bring it here (a client that
+        stages in S3 writes files to `aws` and may then put its bundle in `gcp`), so the request is worth
+        retrying (503) rather than wrong (400). A large blob may take minutes to copy."""
+        return next((other.value for other in self.replicas
+                     if other != replica and self.files.lookup(other, uuid, version) is not None), None)
 
     def _lookup(self, replica: Replica, wanted: Sequence[tuple[str, str]],
                 found: dict[tuple[str, str], dict]) -> dict[tuple[str, str], dict]:

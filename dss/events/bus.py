@@ -7,7 +7,8 @@ handler, and deletes the message on success. On failure it retries with exponent
 `max_attempts` the message moves to `dead` (inspected with `dss-ops.py events dead`). A crash
 mid-handler leaves the message leased by a process that no longer exists: `release_orphans()`, called
 when a runtime starts and every minute, makes such messages due at once (otherwise they would wait for
-the lease to expire).
+the lease to expire). A handler that must wait for durable work it started elsewhere (a workflow)
+raises `Deferred`: the message stays queued, due again later, and the wait is not a failed attempt.
 
 Intents close the window between a commit and its publication (a writer killed after the conditional
 create but before `publish` would leave an object nobody replicates or indexes). A writer announces
@@ -42,7 +43,7 @@ from dss.events import Event
 from dss.processes import process_identity
 from dss.sqlite import immediate
 
-__all__ = ["EventBus", "SQLiteEventBus", "RetryPolicy", "EventWorkers", "Handler", "Intent"]
+__all__ = ["EventBus", "SQLiteEventBus", "RetryPolicy", "EventWorkers", "Handler", "Intent", "Deferred"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,17 @@ class RetryPolicy:
 
     def delay(self, attempts: int) -> float:
         return min(self.max_delay, self.base_delay * 2 ** max(0, attempts - 1))
+
+
+class Deferred(Exception):
+    """Raised by a handler whose event cannot be handled *yet* because other durable work it started is
+    still under way (the sync handler waiting for a large blob's copy workflow). The message is due again
+    after `after` seconds and the wait does not count as a failed attempt, so a long wait never
+    dead-letters it; the handler must raise something else once the work it waits for has failed."""
+
+    def __init__(self, reason: str, after: float) -> None:
+        super().__init__(reason)
+        self.after = after
 
 
 @dataclass(frozen=True)
@@ -152,6 +164,11 @@ class EventBus:
 
     def failed(self, message: Message, error: str) -> None:
         raise NotImplementedError
+
+    def defer(self, message: Message, after: float, reason: str) -> None:
+        """Make `message` due again in `after` seconds without counting its attempt (`Deferred`). A bus
+        that cannot tell a wait from a failure counts it as one."""
+        self.failed(message, f"deferred: {reason}")
 
     def release_orphans(self) -> int:
         raise NotImplementedError
@@ -275,6 +292,10 @@ class SQLiteEventBus(EventBus):
         db.execute("UPDATE messages SET due = ?, lease_until = 0, last_error = ? WHERE id = ?",
                    (due, error, message.id))
 
+    def defer(self, message: Message, after: float, reason: str) -> None:
+        self._db().execute("UPDATE messages SET due = ?, lease_until = 0, attempts = MAX(0, attempts - 1),"
+                           " last_error = ? WHERE id = ?", (time.time() + after, f"deferred: {reason}", message.id))
+
     def release_orphans(self) -> int:
         """Make messages leased, or announced, by processes that have died due now; returns how many."""
         db = self._db()
@@ -394,6 +415,9 @@ class EventWorkers:
                 self.bus.drop_intent(message)  # the announced write never happened
                 return True
             handler(message.event)
+        except Deferred as wait:
+            logger.debug("%s deferred %s for %.1f s: %s", message.handler, message.event.key, wait.after, wait)
+            self.bus.defer(message, wait.after, str(wait))
         except Exception as exc:  # noqa: BLE001 - recorded and retried
             logger.warning("%s failed for %s (attempt %d): %s", message.handler, message.event.key,
                            message.attempts, exc, exc_info=logger.isEnabledFor(logging.DEBUG))

@@ -27,6 +27,7 @@ import contextlib
 import datetime
 import functools
 import io
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -42,6 +43,7 @@ from google.cloud import storage
 from google.cloud.storage import exceptions as storage_errors
 
 from dss.storage.blobstore import (
+    STAGED_PARTS_PREFIX,
     BlobAccessDenied,
     BlobAlreadyExists,
     BlobInfo,
@@ -66,6 +68,7 @@ _TIMEOUT = (10, 120)  # connect, read
 _ATTEMPTS = 5
 _RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _DEFAULT_TYPE = "application/octet-stream"
+_COMPOSE_LIMIT = 32  # source objects per compose request
 
 _SDK_ERRORS = (api_errors.GoogleAPIError, requests.RequestException, google.auth.exceptions.GoogleAuthError,
                storage_errors.InvalidResponse, storage_errors.DataCorruption)
@@ -444,9 +447,9 @@ class GSBlobStore(BlobStore):
     # GCS does without copying the bytes again (same location and storage class).
     def copy_start(self, source: BlobStore, source_key: str, key: str, *, upload_id: str, size: int,
                    part_size: int, source_info: BlobInfo) -> CopySession:
-        if not isinstance(source, GSBlobStore):
-            return super().copy_start(source, source_key, key, upload_id=upload_id, size=size, part_size=part_size,
-                                      source_info=source_info)
+        if not isinstance(source, GSBlobStore):  # parts staged by the base class, assembled by compose
+            return {**super().copy_start(source, source_key, key, upload_id=upload_id, size=size,
+                                         part_size=part_size, source_info=source_info), "kind": "gs-compose"}
         return {"kind": "gs-rewrite", "part_size": max(size, 1), "staging": staged_part_key(upload_id, 1)}
 
     def copy_part(self, session: CopySession, source: BlobStore, source_key: str, number: int, start: int,
@@ -466,21 +469,47 @@ class GSBlobStore(BlobStore):
     def copy_finish(self, session: CopySession, key: str, *, size: int, part_count: int, content_type: str,
                     metadata: Mapping[str, str], if_absent: bool,
                     verify: Callable[[Mapping[str, Any]], None]) -> None:
-        if session["kind"] != "gs-rewrite":
+        if session["kind"] == "gs-compose":
+            assembled = self._compose_parts(session["id"], part_count, content_type, metadata)
+        elif session["kind"] == "gs-rewrite":
+            assembled = session["staging"]
+        else:
             return super().copy_finish(session, key, size=size, part_count=part_count, content_type=content_type,
                                        metadata=metadata, if_absent=if_absent, verify=verify)
-        copied = self.head(session["staging"])
+        copied = self.head(assembled)
         verify({"size": copied.size, **({"crc32c": copied.crc32c} if copied.crc32c else {})})
         target, token = self.bucket_ref.blob(key), None
         while True:
             with _translated(key):
-                token, _, _ = target.rewrite(self.bucket_ref.blob(session["staging"]), token=token,
+                token, _, _ = target.rewrite(self.bucket_ref.blob(assembled), token=token,
                                              if_generation_match=0 if if_absent else None)
             if token is None:
                 break
-        self.delete(session["staging"])
+        self.copy_abort(session, key)
+
+    # Parts staged from another kind of store are assembled by GCS `compose` (at most 32 sources per
+    # call, so more parts are composed in rounds) instead of being read back and uploaded again; GCS
+    # computes the crc32c of the result, which is checked before the rewrite that publishes it.
+    def _compose_parts(self, upload_id: str, part_count: int, content_type: str, metadata: Mapping[str, str]) -> str:
+        sources = [staged_part_key(upload_id, number) for number in range(1, part_count + 1)]
+        for round_number in itertools.count():
+            groups = [sources[i:i + _COMPOSE_LIMIT] for i in range(0, len(sources), _COMPOSE_LIMIT)]
+            sources = [f"{STAGED_PARTS_PREFIX}{upload_id}/composed-{round_number}-{index:05d}"
+                       for index in range(len(groups))]
+            for name, group in zip(sources, groups):
+                composed = self.bucket_ref.blob(name)
+                composed.content_type, composed.metadata = content_type, dict(metadata)
+                with _translated(name):
+                    composed.compose([self.bucket_ref.blob(part) for part in group])
+            if len(sources) == 1:
+                break
+        return sources[0]
 
     def copy_abort(self, session: CopySession, key: str) -> None:
-        if session.get("kind") != "gs-rewrite":
-            return super().copy_abort(session, key)
-        self.delete(session["staging"])
+        if session.get("kind") == "gs-rewrite":
+            self.delete(session["staging"])
+        elif session.get("kind") == "gs-compose":
+            for name in list(self.list(f"{STAGED_PARTS_PREFIX}{session['id']}/")):  # parts and composites
+                self.delete(name)
+        else:
+            super().copy_abort(session, key)
