@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["Config", "ConfigError", "DEFAULT_NOTIFY_DELAYS"]
+__all__ = ["Config", "ConfigError", "DEFAULT_NOTIFY_DELAYS", "IdentityProvider"]
 
 GROUP_CLAIM = "https://auth.data.humancellatlas.org/group"
 EMAIL_CLAIM = "https://auth.data.humancellatlas.org/email"
@@ -72,6 +72,45 @@ def _networks(entries: tuple[str, ...]) -> tuple[str, ...]:
 
 
 @dataclasses.dataclass(frozen=True)
+class IdentityProvider:
+    """How to read one kind of token: the audiences it is issued for, and the claims holding groups and
+    e-mail. `issuer` None: tokens of the local issuer and of trusted service accounts (whose `iss` is their
+    e-mail); otherwise an OpenID Connect issuer, trusted by being listed."""
+    audiences: tuple[str, ...]
+    group_claim: str = GROUP_CLAIM
+    email_claim: str = EMAIL_CLAIM
+    issuer: str | None = None
+
+
+_PROVIDER_KEYS = {"issuer", "audience", "group_claim", "email_claim"}
+
+
+def _identity_providers(raw: str | None) -> tuple[IdentityProvider, ...]:
+    """DSS_IDENTITY_PROVIDERS: a JSON list of `{"audience": str | [str], "group_claim", "email_claim",
+    "issuer"?}` objects (claims default to the hca ones)."""
+    if not raw:
+        return ()
+    try:
+        entries = json.loads(raw)
+        if not isinstance(entries, list):
+            raise ValueError("not a list")
+        providers = []
+        for entry in entries:
+            if not isinstance(entry, dict) or not set(entry) <= _PROVIDER_KEYS or "audience" not in entry:
+                raise ValueError(f"each entry has an audience and only the keys {sorted(_PROVIDER_KEYS)}")
+            audience = entry["audience"]
+            audiences = (audience,) if isinstance(audience, str) else tuple(audience)
+            if not audiences or not all(isinstance(a, str) and a for a in audiences):
+                raise ValueError("audience is a non-empty string or list of strings")
+            providers.append(IdentityProvider(audiences, str(entry.get("group_claim") or GROUP_CLAIM),
+                                              str(entry.get("email_claim") or EMAIL_CLAIM),
+                                              str(entry["issuer"]) if entry.get("issuer") else None))
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"DSS_IDENTITY_PROVIDERS must be a JSON list of identity providers: {e}") from None
+    return tuple(providers)
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     data_dir: Path
     host: str = "127.0.0.1"
@@ -86,12 +125,20 @@ class Config:
     queue_url: str = ""
     tables_url: str = ""
     search_url: str = ""
+    # a remote search cluster (http(s) search_url): make each write searchable before answering
+    # (refresh=true), and sign requests with SigV4 (None: when the URL is an AWS-managed domain)
+    search_refresh_writes: bool = False
+    search_aws_sigv4: bool | None = None
     workers: int = 2
     processes: int = 0
     signed_url_ttl: int = 3600
     bundle_file_wait: float = 15.0
     bundle_manifest_index_limit: int = 20000
     reconcile_interval: float = 3600.0
+    # events journal (dss.journal): events per compacted journal, and seconds between compaction passes
+    # (also how long an event may wait before a partial journal is written)
+    events_journal_size: int = 1000
+    events_compact_interval: float = 10.0
     # workflows (long copies): the executor's journal, its task threads (0: one per core), the time a task
     # invocation is given before it saves progress, and the size above which PUT /files answers 202
     workflow_journal: Path | None = None
@@ -115,6 +162,12 @@ class Config:
     admin_emails: tuple[str, ...] = ()
     local_issuer: str = LOCAL_ISSUER
     application_secrets: str | None = None
+    # more token kinds beside the one above (e.g. the dbio client's), see `identity_providers()`
+    extra_identity_providers: tuple[IdentityProvider, ...] = ()
+    # HTTP: TLS served by ./dss-api itself, and the origins whose browser pages may call the API (CORS)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    cors_origins: tuple[str, ...] = ()
     # notifications
     notify_delays: tuple[int, ...] = DEFAULT_NOTIFY_DELAYS
     notify_timeout: float = 60.0
@@ -149,12 +202,17 @@ class Config:
             queue_url=env.get("DSS_QUEUE_URL") or f"sqlite://{data_dir / 'queue.sqlite3'}",
             tables_url=env.get("DSS_TABLES_URL") or f"sqlite://{data_dir / 'tables.sqlite3'}",
             search_url=env.get("DSS_SEARCH_URL") or f"sqlite://{data_dir / 'search'}",
+            search_refresh_writes=_flag(env.get("DSS_SEARCH_REFRESH_WRITES")),
+            search_aws_sigv4=(None if (env.get("DSS_SEARCH_AWS_SIGV4") or "").strip().lower() in ("", "auto")
+                              else _flag(env.get("DSS_SEARCH_AWS_SIGV4"))),
             workers=_int(env, "DSS_WORKERS", 2, minimum=0),
             processes=_int(env, "DSS_API_PROCESSES", 0, minimum=0),
             signed_url_ttl=_int(env, "DSS_SIGNED_URL_TTL", 3600, minimum=1),
             bundle_file_wait=_float(env, "DSS_BUNDLE_FILE_WAIT", 15.0),
             bundle_manifest_index_limit=_int(env, "DSS_BUNDLE_MANIFEST_INDEX_LIMIT", 20000),
             reconcile_interval=_float(env, "DSS_RECONCILE_INTERVAL", 3600.0, minimum=0.0),
+            events_journal_size=_int(env, "DSS_EVENTS_JOURNAL_SIZE", 1000, minimum=1),
+            events_compact_interval=_float(env, "DSS_EVENTS_COMPACT_INTERVAL", 10.0, minimum=0.05),
             checkout_urls=checkout_urls,
             blob_ttl_days=_float(env, "DSS_BLOB_TTL_DAYS", 14.0, minimum=0.1),
             blob_public_ttl_days=_float(env, "DSS_BLOB_PUBLIC_TTL_DAYS", 7.0, minimum=0.0),
@@ -172,10 +230,19 @@ class Config:
             admin_emails=tuple(e.lower() for e in _csv(env.get("DSS_ADMIN_EMAILS"))),
             local_issuer=env.get("DSS_LOCAL_ISSUER") or LOCAL_ISSUER,
             application_secrets=env.get("DSS_APPLICATION_SECRETS") or None,
+            extra_identity_providers=_identity_providers(env.get("DSS_IDENTITY_PROVIDERS")),
+            tls_cert=Path(env["DSS_TLS_CERT"]) if env.get("DSS_TLS_CERT") else None,
+            tls_key=Path(env["DSS_TLS_KEY"]) if env.get("DSS_TLS_KEY") else None,
+            cors_origins=_csv(env.get("DSS_CORS_ORIGINS")),
             notify_delays=tuple(int(d) for d in _csv(delays)) if delays else DEFAULT_NOTIFY_DELAYS,
             notify_timeout=_float(env, "DSS_NOTIFY_TIMEOUT", 60.0),
             callback_allowlist=_networks(_csv(env.get("DSS_CALLBACK_ALLOWLIST"))),
         )
+
+    def identity_providers(self) -> tuple[IdentityProvider, ...]:
+        """The default provider (DSS_OIDC_AUDIENCE, DSS_OIDC_GROUP_CLAIM, DSS_OIDC_EMAIL_CLAIM) first, then
+        DSS_IDENTITY_PROVIDERS."""
+        return (IdentityProvider(self.audiences, self.group_claim, self.email_claim), *self.extra_identity_providers)
 
     def replace(self, **changes: object) -> Config:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

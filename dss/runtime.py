@@ -26,16 +26,22 @@ from dss.bundles import BundleService
 from dss.checkout import CheckoutRecords, CheckoutService, CheckoutStores, Freshness
 from dss.checkout import sweep as sweep_checkouts
 from dss.checkout.records import TABLE as CHECKOUT_TABLE
+from dss.collections import CollectionService
+from dss.collections.owner_index import TABLE as COLLECTIONS_TABLE
+from dss.collections.owner_index import OwnerIndex
 from dss.config import Config
 from dss.events import Event
 from dss.events.bus import EventWorkers, Handler, SQLiteEventBus
 from dss.events.handlers.index import IndexHandler
-from dss.events.handlers.sync import SyncHandler
+from dss.events.handlers.journal import JournalHandler
+from dss.events.handlers.sync import LargeBlobs, SyncHandler
 from dss.events.reconcile import reconcile
 from dss.events.reconcile_loop import ReconcileLoop, remove_orphans
 from dss.files import ASYNC_STATE_TABLE, FileService
 from dss.files.sources import SourceResolver
 from dss.index.backend import open_search_index
+from dss.journal import EventJournal
+from dss.journal.compactor import JournalCompactor
 from dss.notify import DeliveryStore, DeliveryWorker
 from dss.storage.blobstore import BlobStoreFactory
 from dss.storage.replicas import Replicas
@@ -75,7 +81,9 @@ class Runtime:
         self.replicas = Replicas(self.factory, config.replica_urls)
         self.keys = KeyStore(config.data_dir / "auth")
         self.authenticator = Authenticator(config, self.keys)
-        self.search = open_search_index(config.search_url)
+        self.search = open_search_index(config.search_url, stage=config.stage,
+                                        refresh_writes=config.search_refresh_writes,
+                                        aws_sigv4=config.search_aws_sigv4)
         self.tables = Tables(config.tables_url, prefix=f"dss-{config.stage}-")
         self.subscription_table = self.tables("subscriptions")
         self.owners = Ownership(self.tables("owners"), config.admin_emails)
@@ -85,7 +93,7 @@ class Runtime:
                                                  allowlist=config.callback_allowlist, deliveries=self.deliveries)
         self.notifier = Notifier(self.subscriptions, self.deliveries,
                                  api_base=config.api_url or f"http://{config.host}:{config.port}")
-        self.bus = SQLiteEventBus(_sqlite_path(config.queue_url), handlers=("sync", "index"))
+        self.bus = SQLiteEventBus(_sqlite_path(config.queue_url), handlers=("sync", "index", "journal"))
         self.workflows = Workflows(config.workflow_journal or config.data_dir / "workflows.sqlite3",
                                    self._task_context, threads=config.workflow_threads,
                                    task_budget=config.workflow_task_budget)
@@ -94,13 +102,19 @@ class Runtime:
                                  async_state=self.tables(ASYNC_STATE_TABLE),
                                  async_threshold=config.async_copy_threshold)
         self.bundles = BundleService(self.replicas, self.bus, self.files, config.bundle_file_wait)
+        self.collections = CollectionService(self.replicas, self.bus, OwnerIndex(self.tables(COLLECTIONS_TABLE)))
         self.checkout = CheckoutService(
             self.replicas, CheckoutStores(self.factory, config.checkout_urls, config.replica_urls),
             CheckoutRecords(self.tables(CHECKOUT_TABLE)), self.workflows,
             Freshness.from_days(config.blob_ttl_days, config.blob_public_ttl_days), wait=config.checkout_wait)
+        self.journals = {replica: EventJournal(self.replicas[replica], config.events_journal_size)
+                         for replica in self.replicas}
+        self.compactor = JournalCompactor(self.journals, config.events_compact_interval)
         self.handlers: dict[str, Handler] = {
-            "sync": SyncHandler(self.replicas, self.bus),
+            "sync": SyncHandler(self.replicas, self.bus,
+                                large_blobs=LargeBlobs(self.workflows, config.async_copy_threshold)),
             "index": IndexHandler(self.replicas, self.search, config.bundle_manifest_index_limit, self.notifier),
+            "journal": JournalHandler(self.replicas, self.journals, config.bundle_manifest_index_limit),
         }
         self.workers = EventWorkers(self.bus, self.handlers, threads=config.workers, exists=self._exists)
         self.reconciler = ReconcileLoop(self._reconcile, config.data_dir / "reconcile.json",
@@ -112,6 +126,7 @@ class Runtime:
             self.workers.start()
             self.delivery_worker.start()
             self.reconciler.start()
+            self.compactor.start()
             self.workflows.run()
             self._started = True
             logger.info("DSS runtime started: %s", self.config.describe())
@@ -120,6 +135,7 @@ class Runtime:
         if self._started:
             self.workflows.stop()
             self.reconciler.stop()
+            self.compactor.stop()
             self.workers.stop()
             self.delivery_worker.stop()
             self._started = False

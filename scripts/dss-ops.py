@@ -3,7 +3,9 @@
 
     .venv/bin/python scripts/dss-ops.py token --email me@example.org --group hca
     .venv/bin/python scripts/dss-ops.py trust-service-account --key-file sa.json
+    .venv/bin/python scripts/dss-ops.py service-account --email me@example.org --key-file sa.json
     .venv/bin/python scripts/dss-ops.py events pending|dead
+    .venv/bin/python scripts/dss-ops.py journal compact|verify [--replica aws] [--repair]
     .venv/bin/python scripts/dss-ops.py sync verify [--replica aws]
     .venv/bin/python scripts/dss-ops.py sync reconcile
     .venv/bin/python scripts/dss-ops.py index reindex --replica aws
@@ -22,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dss.auth import KeyStore, mint_token  # noqa: E402
+from dss.auth import KeyStore, mint_token, new_service_account_key  # noqa: E402
 from dss.config import Config  # noqa: E402
 from dss.identifiers import BlobKey  # noqa: E402
 from dss.logs import configure_logging  # noqa: E402
@@ -47,6 +49,21 @@ def cmd_trust_service_account(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_service_account(args: argparse.Namespace) -> int:
+    config = _config()
+    account = new_service_account_key(args.email)
+    try:
+        fd = os.open(args.key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # a private key: owner only
+    except FileExistsError:
+        print(f"{args.key_file} exists; not overwriting it.", file=sys.stderr)
+        return 1
+    with os.fdopen(fd, "w") as handle:
+        json.dump(account, handle, indent=2)
+    KeyStore(config.data_dir / "auth").trust_service_account(account)
+    print(f"Wrote {args.key_file}; tokens {account['client_email']} signs with it are now accepted.")
+    return 0
+
+
 def _runtime():
     from dss.runtime import Runtime
 
@@ -62,6 +79,33 @@ def cmd_events(args: argparse.Namespace) -> int:
     elif args.action == "drain":
         runtime.workers.drain(timeout=args.timeout)
     return 0
+
+
+def cmd_journal(args: argparse.Namespace) -> int:
+    from dss.events import Event
+    from dss.identifiers import Replica
+    from dss.journal.compactor import compact_all
+    from dss.journal.verify import verify_journal
+
+    runtime = _runtime()
+    journals = {r: j for r, j in runtime.journals.items() if args.replica in (None, r.value)}
+    if args.action == "compact":  # everything pending, full journals or not
+        print(json.dumps(compact_all(journals, 0)))
+        return 0
+    failed = 0
+    for replica, journal in journals.items():
+        report = verify_journal(journal)
+        for problem in report.problems:
+            print(f"{replica.value}: {problem}")
+        print(f"{replica.value}: {report.journals} journals, {report.events} events, {len(report.problems)} problem(s)",
+              file=sys.stderr)
+        failed += len(report.problems)
+        if args.repair:
+            for key in report.missing:
+                runtime.bus.publish(Event(Replica(replica).value, key), handlers=("journal",))
+            print(f"{replica.value}: queued {len(report.missing)} journal event(s); a running server records them "
+                  "(or run `events drain`).", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
@@ -169,10 +213,23 @@ def parser() -> argparse.ArgumentParser:
     trust.add_argument("--key-file", required=True, help="a Google service-account JSON key file")
     trust.set_defaults(func=cmd_trust_service_account)
 
+    account = commands.add_parser("service-account", help="write a new service-account key file and trust it "
+                                  "(for GOOGLE_APPLICATION_CREDENTIALS of the hca and dbio clients)")
+    account.add_argument("--email", required=True, help="the account's e-mail (the clients send it as the caller's)")
+    account.add_argument("--key-file", required=True, help="where to write the JSON key file (mode 0600)")
+    account.set_defaults(func=cmd_service_account)
+
     events = commands.add_parser("events", help="inspect or drain the embedded event queue")
     events.add_argument("action", choices=["pending", "dead", "drain"])
     events.add_argument("--timeout", type=float, default=600)
     events.set_defaults(func=cmd_events)
+
+    journal = commands.add_parser("journal", help="compact the events journal now (everything pending), or replay it "
+                                  "and check it against the replica's bundles (verify; --repair re-drives the missing)")
+    journal.add_argument("action", choices=["compact", "verify"])
+    journal.add_argument("--replica", choices=["aws", "gcp"])
+    journal.add_argument("--repair", action="store_true")
+    journal.set_defaults(func=cmd_journal)
 
     index = commands.add_parser("index", help="rebuild a replica's search index from storage")
     index.add_argument("action", choices=["reindex"])

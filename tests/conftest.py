@@ -5,6 +5,7 @@ pytest_plugins = [
     "tests.infra.storage_servers",
     "tests.infra.dss_server",
     "tests.infra.receivers",
+    "tests.infra.opensearch",
 ]
 
 # Variables a developer's shell may carry that would change what the code under test talks to.

@@ -5,11 +5,13 @@ import json
 import subprocess
 import sys
 
+import pytest
 import requests
 
 from dss.index.backend import open_search_index
 from tests.infra.dss_server import ADMIN, REPO
 from tests.infra.helpers import add_file, new_uuid, put_bundle
+from tests.infra.opensearch import unique_stage
 
 
 def ops(dss, *args: str, **env: str) -> subprocess.CompletedProcess:
@@ -17,7 +19,8 @@ def ops(dss, *args: str, **env: str) -> subprocess.CompletedProcess:
                           text=True, env={"DSS_DATA_DIR": str(dss.config.data_dir), "PATH": "/usr/bin:/bin", **env})
 
 
-def test_reindex_rebuilds_documents_and_tombstones(dss, tmp_path):
+@pytest.mark.parametrize("target", ["embedded", "opensearch"])
+def test_reindex_rebuilds_documents_and_tombstones(dss, tmp_path, target, request):
     bundles = []
     for n in range(6):
         bundle_uuid = new_uuid()
@@ -30,11 +33,14 @@ def test_reindex_rebuilds_documents_and_tombstones(dss, tmp_path):
     query = {"query": {"match_all": {}}}
     original = dss.runtime.search.search("aws", query, size=100)
 
-    fresh = tmp_path / "fresh-index"
-    result = ops(dss, "index", "reindex", "--replica", "aws", DSS_SEARCH_URL=f"sqlite://{fresh}")
+    # into a fresh embedded index, or into fresh indices on the OpenSearch node
+    url, stage = f"sqlite://{tmp_path / 'fresh-index'}", unique_stage("reindex")
+    if target == "opensearch":
+        url = request.getfixturevalue("opensearch_url")
+    result = ops(dss, "index", "reindex", "--replica", "aws", DSS_SEARCH_URL=url, DSS_DEPLOYMENT_STAGE=stage)
     assert result.returncode == 0, result.stderr
     assert "Reindexed 7 bundle keys" in result.stdout  # six manifests and one tombstone
-    with open_search_index(f"sqlite://{fresh}") as rebuilt:
+    with open_search_index(url, stage=stage) as rebuilt:
         again = rebuilt.search("aws", query, size=100)
         assert [h.id for h in again.hits] == [h.id for h in original.hits]
         for hit in original.hits:

@@ -122,11 +122,14 @@ def test_a_pass_stops_when_cancelled(tmp_path):
 
 # --- indexing -------------------------------------------------------------------------------------
 
-@pytest.fixture
-def search(tmp_path):
-    index = open_search_index(f"sqlite://{tmp_path}/search", merge_in_background=False)
+@pytest.fixture(params=["embedded", "opensearch"])
+def search(tmp_path, request):
+    if request.param == "opensearch":
+        index = open_backend("opensearch", tmp_path, request)
+    else:
+        index = open_search_index(f"sqlite://{tmp_path}/search", merge_in_background=False)
     yield index
-    index.close()
+    close_backend(index)
 
 
 def test_reindex_finds_bundles_without_documents_and_stale_tombstones(tmp_path, search):
@@ -144,7 +147,7 @@ def test_reindex_finds_bundles_without_documents_and_stale_tombstones(tmp_path, 
         for version in (v1, v2):
             search.index("aws", doc_id_of(uuid, version), {"uuid": uuid, "state": "new"})
     for version in (v1, v2):  # this one's tombstone was indexed: nothing to do
-        search.index("aws", doc_id_of(all_dead_done, version), tombstone_document(all_dead_done, None, body))
+        search.index("aws", doc_id_of(all_dead_done, version), tombstone_document(all_dead_done, version, body))
     search.index("aws", doc_id_of(unindexed, v2), {"uuid": unindexed, "state": "new"})
 
     bus = RecordingBus()
@@ -154,8 +157,8 @@ def test_reindex_finds_bundles_without_documents_and_stale_tombstones(tmp_path, 
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_existing_documents(tmp_path, backend):
-    index = open_backend(backend, tmp_path)
+def test_existing_documents(tmp_path, backend, request):
+    index = open_backend(backend, tmp_path, request)
     try:
         index.index("aws", "a.1", {"uuid": "a"})
         index.index("aws", "b.1", {"uuid": "b"})

@@ -72,8 +72,8 @@ def test_fuzzed_requests_never_answer_500(dss):
 
 
 def test_every_reply_carries_the_common_headers(dss):
-    response = requests.get(f"{dss.url}/v1/bundles/all", params={"replica": "aws"})
-    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    response = requests.get(f"{dss.url}/v1/bundles/all", params={"replica": "aws"}, headers={"Origin": "https://a.org"})
+    assert "Access-Control-Allow-Origin" not in response.headers  # DSS_CORS_ORIGINS names none by default
     assert "max-age" in response.headers["Strict-Transport-Security"]
 
 
@@ -92,7 +92,9 @@ def test_read_only_mode(dss_env):
                                                                                  "replica": "aws"}, json={})
         assert patch.status_code == 503 and patch.headers["Retry-After"] == "600"
         head = requests.head(f"{server.url}/v1/files/{new_uuid()}", params={"replica": "aws"})
-        assert head.status_code == 503
+        assert head.status_code == 503 and head.headers["Retry-After"] == "10"  # every idempotent method
+        delete = requests.delete(f"{server.url}/v1/subscriptions/{new_uuid()}", params={"replica": "aws"})
+        assert delete.status_code == 503 and delete.headers["Retry-After"] == "10"
         assert requests.get(f"{server.url}/v1/bundles/all", params={"replica": "aws"}).status_code == 200
     finally:
         server.stop()

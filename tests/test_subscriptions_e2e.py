@@ -16,6 +16,7 @@ import requests
 from dss.identifiers import new_version
 from tests.infra.dss_server import ADMIN, DSSServer
 from tests.infra.helpers import add_file, new_uuid, put_bundle
+from tests.infra.opensearch import BOTH_ENGINES
 from tests.infra.receivers import Receiver, RecordedRequest, verify_cavage
 
 SECRET = "e2e-hmac-secret"
@@ -24,7 +25,8 @@ ES_QUERY = {"query": {"match": {"files.project_json.project_core.project_short_n
 
 
 @pytest.fixture
-def dss_env(dss_env: dict[str, str]) -> dict[str, str]:
+def dss_env(dss_env: dict[str, str], search_engine_env: dict[str, str]) -> dict[str, str]:
+    dss_env.update(search_engine_env)  # the embedded engine, or OpenSearch where BOTH_ENGINES says so
     dss_env["DSS_CALLBACK_ALLOWLIST"] = "127.0.0.1/32"
     dss_env["DSS_NOTIFY_DELAYS"] = "0,1,2"
     dss_env["DSS_NOTIFY_TIMEOUT"] = "5"
@@ -87,6 +89,7 @@ def test_a_new_bundle_notifies_matching_jmespath_subscribers(dss: DSSServer, rec
     quiet_for(receiver, 1)
 
 
+@BOTH_ENGINES
 def test_elasticsearch_subscribers_are_notified_through_percolation(dss: DSSServer, receiver: Receiver) -> None:
     sub_id = subscribe(dss, {"callback_url": receiver.url("/es"), "es_query": ES_QUERY, "hmac_secret_key": SECRET,
                              "hmac_key_id": "es-key"})
@@ -97,7 +100,7 @@ def test_elasticsearch_subscribers_are_notified_through_percolation(dss: DSSServ
     verify_cavage(request, SECRET, "es-key")
     payload = json.loads(request.body)
     assert payload == {"transaction_id": payload["transaction_id"], "subscription_id": sub_id, "es_query": ES_QUERY,
-                       "match": {"bundle_uuid": bundle_uuid, "bundle_version": version}, "event_type": "CREATE"}
+                       "match": {"bundle_uuid": bundle_uuid, "bundle_version": version}}  # the original's v1 fields
     quiet_for(receiver, 1)
 
 
@@ -161,3 +164,31 @@ def test_a_deleted_subscription_is_not_notified(dss: DSSServer, receiver: Receiv
     project_bundle(dss, "abc")
     settle(dss)
     quiet_for(receiver, 0)
+
+
+@BOTH_ENGINES
+def test_a_whole_bundle_delete_notifies_elasticsearch_subscribers_once_per_version(dss: DSSServer,
+                                                                                   receiver: Receiver) -> None:
+    bundle_uuid = new_uuid()
+    es_query = {"query": {"term": {"uuid": bundle_uuid}}}
+    attachments = {"deleted": {"type": "jmespath", "expression": "admin_deleted"},
+                   "version": {"type": "jmespath", "expression": "manifest.version"}}
+    sub_id = subscribe(dss, {"callback_url": receiver.url(), "es_query": es_query, "attachments": attachments})
+    _, first = project_bundle(dss, "abc", bundle_uuid)
+    _, second = project_bundle(dss, "abc", bundle_uuid)
+    settle(dss)
+    receiver.wait_for(2, timeout=60)
+    deleted = requests.delete(f"{dss.url}/v1/bundles/{bundle_uuid}", params={"replica": "aws"},
+                              json={"reason": "withdrawn"}, headers=dss.auth(ADMIN), timeout=30)
+    assert deleted.status_code == 200, deleted.text
+    settle(dss)
+    received = payloads(receiver.wait_for(4, timeout=60))
+    for payload in received:  # exactly the original's v1 fields
+        assert set(payload) == {"transaction_id", "subscription_id", "es_query", "match", "attachments"}, payload
+        assert payload["subscription_id"] == sub_id and payload["es_query"] == es_query
+        # a tombstone's document names the version it replaced, also for a whole-bundle tombstone
+        assert payload["attachments"]["version"] == payload["match"]["bundle_version"]
+    tombstones = sorted(p["match"]["bundle_version"] for p in received if p["attachments"]["deleted"] is True)
+    assert tombstones == sorted([first, second])
+    assert len({p["transaction_id"] for p in received}) == 4
+    quiet_for(receiver, 4)

@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.routing import Router
 from starlette.types import ASGIApp
 
+from dss.api.cors import CORSMiddleware
 from dss.api.errors import register_error_handlers
 from dss.api.middleware import DSSHeadersMiddleware
 from dss.api.system import system_routes
@@ -80,4 +81,5 @@ def create_app(runtime: Runtime) -> ASGIApp:
             runtime.stop()
 
     router = Router(routes=system_routes(runtime, spec), default=api, lifespan=lifespan)
-    return DSSHeadersMiddleware(router, read_only=runtime.config.read_only)
+    app = DSSHeadersMiddleware(router, read_only=runtime.config.read_only)
+    return CORSMiddleware(app, runtime.config.cors_origins) if runtime.config.cors_origins else app

@@ -11,6 +11,8 @@ streams in (a chunked request has no `Content-Length`); over the limit → 413 `
     POST   /v1/search             1 MiB   Elasticsearch queries are a few KiB; a `terms` list of 20,000 uuids fits
     PUT    /v1/subscriptions    128 KiB   a stored subscription may be 64 KiB; above that the domain's 400
                                           `subscription_too_large` says more than a 413 would
+    PUT    /v1/collections        4 MiB   1,000 items with 1 KiB fragments (~1.2 MB), a 64 Ki-character
+    PATCH  /v1/collections/{uuid} 4 MiB   description, 64 KiB of details; PATCH: 2 × 1,000 items
     anything else                64 KiB   PUT /files (a URL and a number), DELETE /bundles (a reason), reads
 
 A JSON body (or one without a content type) within its limit is then checked by `dss.jsonlimits`: nesting
@@ -60,6 +62,8 @@ _OPERATIONS: tuple[tuple[str, re.Pattern[str], Limits], ...] = (
     ("PATCH", _BUNDLE, Limits(4 * MiB)),
     ("POST", re.compile(r"/v1/search/?"), Limits(1 * MiB, bad_json_code="elasticsearch_bad_request")),
     ("PUT", re.compile(r"/v1/subscriptions/?"), Limits(128 * KiB)),
+    ("PUT", re.compile(r"/v1/collections/?"), Limits(4 * MiB)),
+    ("PATCH", re.compile(r"/v1/collections/[^/]+/?"), Limits(4 * MiB)),
     ("PUT", re.compile(r"/v1/files/[^/]+/?"), Limits(64 * KiB, deadline=False)),
 )
 

@@ -1,6 +1,6 @@
 """ASGI middleware around the whole API: repeated query parameters, read-only mode, the limits of
 `dss.api.limits` (body size and shape, response deadline), and the headers every response carries
-(Retry-After on retryable 5xx, HSTS, CORS)."""
+(Retry-After on retryable 5xx, HSTS). CORS is `dss.api.cors`, configured by DSS_CORS_ORIGINS."""
 from __future__ import annotations
 
 import json
@@ -25,8 +25,7 @@ __all__ = ["DSSHeadersMiddleware"]
 # urllib3's idempotent methods: the hca client retries these on 5xx, and honours Retry-After.
 _RETRYABLE_METHODS = {"HEAD", "GET", "PUT", "DELETE", "OPTIONS", "TRACE"}
 _UTF8 = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})  # ASCII is UTF-8 or refused by the decoder
-_ALWAYS = [(b"strict-transport-security", b"max-age=31536000; includeSubDomains; preload"),
-           (b"access-control-allow-origin", b"*")]
+_ALWAYS = [(b"strict-transport-security", b"max-age=31536000; includeSubDomains; preload")]
 
 
 def _first_values(query_string: bytes) -> bytes:
@@ -82,7 +81,7 @@ class DSSHeadersMiddleware:
         if scope.get("query_string"):
             scope = dict(scope, query_string=_first_values(scope["query_string"]))
         if self.read_only and not _is_read(method, path) and path.startswith("/v1/"):
-            retry_after = b"10" if method in ("PUT", "DELETE") else b"600"
+            retry_after = b"10" if method in _RETRYABLE_METHODS else b"600"
             await _problem(send, 503, "read_only", "The DSS is currently read-only", [(b"retry-after", retry_after)])
             return
         limits = limits_for(method, path)

@@ -7,6 +7,7 @@ import html
 import inspect
 import json
 import logging
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -45,9 +46,32 @@ _MARKER = "\u0000dss-servers-url"  # a NUL never occurs in the spec, so the mark
 
 
 def render_spec(spec: dict[str, Any], base: str) -> dict[str, Any]:
-    """The contract with `servers` pointing at this deployment (the hca client uses servers[0].url)."""
-    rendered = copy.copy(spec)
+    """The contract with `servers` pointing at this deployment (the hca client uses servers[0].url), and
+    its `host`: not an OpenAPI 3 field, but the hca and dbio clients fetch
+    `https://{host}/internal/application_secrets` from it when their configuration has no OAuth client."""
+    rendered = _with_bearer_scheme(spec)
     rendered["servers"] = [{"url": f"{base}/v1"}]
+    rendered["host"] = urllib.parse.urlsplit(base).netloc
+    return rendered
+
+
+BEARER_SCHEME = "bearerAuth"
+
+
+def _with_bearer_scheme(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec with a second way to authenticate each secured operation: an HTTP bearer token, which the
+    Swagger UI's "Authorize" dialog takes as pasted (e.g. from `dss-ops.py token`). The OAuth2 scheme
+    stays first, as the clients read it; the server verifies the same `Authorization: Bearer` header
+    whichever of the two a caller names."""
+    rendered = copy.deepcopy(spec)
+    schemes = rendered.setdefault("components", {}).setdefault("securitySchemes", {})
+    schemes[BEARER_SCHEME] = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                              "description": "A token from `scripts/dss-ops.py token` or your identity provider"}
+    for operations in rendered.get("paths", {}).values():
+        for operation in operations.values():
+            security = operation.get("security") if isinstance(operation, dict) else None
+            if security and {BEARER_SCHEME: []} not in security:
+                security.append({BEARER_SCHEME: []})
     return rendered
 
 
@@ -63,11 +87,15 @@ def _spec_renderer(spec: dict[str, Any]) -> Callable[[str], bytes]:
     keyed by it grew without bound (20,000 hosts, ~400 MiB). The spec is serialised once around a marker
     instead, and each request splices in its own `servers` URL."""
     marker = f"{_MARKER}/v1"
-    head, _, tail = json.dumps(render_spec(spec, _MARKER)).partition(json.dumps(marker))
-    head_bytes, tail_bytes = head.encode(), tail.encode()
+    rendered = render_spec(spec, "")
+    rendered["servers"], rendered["host"] = [{"url": marker}], _MARKER
+    head, _, tail = json.dumps(rendered).partition(json.dumps(marker))
+    middle, _, tail = tail.partition(json.dumps(_MARKER))
+    parts = head.encode(), middle.encode(), tail.encode()
 
     def render(base: str) -> bytes:
-        return head_bytes + json.dumps(f"{base}/v1").encode() + tail_bytes
+        host = urllib.parse.urlsplit(base).netloc
+        return parts[0] + json.dumps(f"{base}/v1").encode() + parts[1] + json.dumps(host).encode() + parts[2]
     return render
 
 

@@ -165,7 +165,7 @@ def _tombstone_indexed(store: BlobStore, replica: Replica, search: SearchIndex, 
     """Is `version`'s document the tombstone document of `bundles/<uuid>[.<tomb_version>].dead`?"""
     key = str(ObjectKey("bundles", uuid, tomb_version, dead=True))
     try:
-        expected = tombstone_document(uuid, tomb_version, store.get_json(key))
+        expected = tombstone_document(uuid, version, store.get_json(key))
     except BlobNotFound:
         return True  # gone since the listing: nothing to index
     return search.get(replica.value, doc_id_of(uuid, version)) == expected

@@ -42,7 +42,7 @@ def wait_for(url: str, timeout: float = 30.0, process: subprocess.Popen | None =
         try:
             requests.get(url, timeout=1)
             return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # a busy machine may answer after the 1 s
             time.sleep(0.05)
     raise TimeoutError(f"{url} did not answer within {timeout} s")
 

@@ -57,7 +57,7 @@ class IndexHandler:
         if None in tombstones or version in tombstones:
             # the tombstone was written first (e.g. replicated out of order): index it instead
             tomb_version = version if version in tombstones else None
-            self._store(replica, uuid, version, tombstone_document(uuid, tomb_version, tombstones[tomb_version]),
+            self._store(replica, uuid, version, tombstone_document(uuid, version, tombstones[tomb_version]),
                         "TOMBSTONE")
             return
         manifest = store.get_json(str(ObjectKey("bundles", uuid, version)))
@@ -72,7 +72,7 @@ class IndexHandler:
             entombed = self._tombstones(store, key.uuid)
             versions = [v for v in self._versions(store, key.uuid) if v not in entombed]
         for version in versions:
-            self._store(replica, key.uuid, version, tombstone_document(key.uuid, key.version, tombstone), "TOMBSTONE")
+            self._store(replica, key.uuid, version, tombstone_document(key.uuid, version, tombstone), "TOMBSTONE")
 
     def _store(self, replica: str, uuid: str, version: str, document: dict, event_type: str) -> None:
         doc_id = doc_id_of(uuid, version)
