@@ -6,10 +6,12 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 HCA_VENV := .venv-hca
+DBIO_VENV := .venv-dbio
 NODE_TOOLS := .node-tools
+OPENSEARCH := .opensearch/opensearch-2.19.6
 PYTEST_ARGS ?=
 
-.PHONY: run test lint unit bench bench-quick fuzz lock clean hca-client
+.PHONY: run test lint unit bench bench-quick fuzz lock clean hca-client opensearch dbio-client browser
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,10 +30,42 @@ $(HCA_VENV)/.installed:
 
 hca-client: $(HCA_VENV)/.installed
 
+# The DataBiosphere fork of the client (`dbio`): 1.0.0 is its last release that installs from PyPI.
+$(DBIO_VENV)/.installed:
+	test -x $(DBIO_VENV)/bin/python || $(PYTHON) -m venv $(DBIO_VENV)
+	$(DBIO_VENV)/bin/python -m pip install --quiet --upgrade "pip<26.3"
+	$(DBIO_VENV)/bin/python -m pip install --quiet dbio-cli==1.0.0
+	$(DBIO_VENV)/bin/python -m pip install --quiet 'tenacity>=8,<9'  # as for hca: 5.0 fails to import on 3.11
+	touch $@
+
+dbio-client: $(DBIO_VENV)/.installed
+
+# A real OpenSearch node for the search tests (tests/infra/opensearch.py starts it): the integration-test
+# distribution from Maven Central (cached in ~/.m2) plus the percolator and analysis-common modules, each
+# laid out with its descriptor. Needs Maven and Java 17, installed from Debian's packages if missing.
+$(OPENSEARCH)/.installed: tests/opensearch/pom.xml $(wildcard tests/opensearch/modules/*/plugin-descriptor.properties)
+	command -v mvn >/dev/null && command -v java >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq maven openjdk-17-jre-headless)
+	rm -rf $(OPENSEARCH)
+	mvn -q -B -f tests/opensearch/pom.xml generate-resources
+	for module in tests/opensearch/modules/*/; do \
+		cp $$module/plugin-descriptor.properties $(OPENSEARCH)/modules/$$(basename $$module)/ || exit 1; done
+	touch $@
+
+opensearch: $(OPENSEARCH)/.installed
+
 # Node tools the tests call: asl-validator checks every workflow definition (tests/test_workflows_definitions.py).
 $(NODE_TOOLS)/.installed:
 	npm install --silent --no-audit --no-fund --prefix $(NODE_TOOLS) asl-validator@4.0.0
 	touch $@
+
+# A real browser for tests/test_swagger_ui_browser.py: Debian's Chromium, driven by playwright-core.
+$(NODE_TOOLS)/.browser: $(NODE_TOOLS)/.installed
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	npm install --silent --no-audit --no-fund --prefix $(NODE_TOOLS) playwright-core@1.64.1
+	touch $@
+
+browser: $(NODE_TOOLS)/.browser
 
 run: $(VENV)/.installed
 	mkdir -p staging
@@ -41,20 +75,24 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check dss chalice scripts tests benchmarks dss-api
 	$(BIN)/mypy
 
-test: $(VENV)/.installed $(HCA_VENV)/.installed $(NODE_TOOLS)/.installed lint
-	DSS_HCA_BIN=$(abspath $(HCA_VENV))/bin/hca $(BIN)/python -m pytest $(PYTEST_ARGS)
+test: $(VENV)/.installed $(HCA_VENV)/.installed $(DBIO_VENV)/.installed $(NODE_TOOLS)/.installed \
+		$(NODE_TOOLS)/.browser $(OPENSEARCH)/.installed lint
+	DSS_HCA_BIN=$(abspath $(HCA_VENV))/bin/hca DSS_DBIO_BIN=$(abspath $(DBIO_VENV))/bin/dbio \
+		$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-unit: $(VENV)/.installed $(NODE_TOOLS)/.installed
+unit: $(VENV)/.installed $(NODE_TOOLS)/.installed $(OPENSEARCH)/.installed
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed $(OPENSEARCH)/.installed
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/bench_workflows.py
 	$(BIN)/python benchmarks/bench_search.py
 
-bench-quick: $(VENV)/.installed
+bench-quick: $(VENV)/.installed $(OPENSEARCH)/.installed
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python benchmarks/run.py --quick
+	$(BIN)/python benchmarks/bench_workflows.py --quick
 	$(BIN)/python benchmarks/bench_search.py --quick
 
 # Schemathesis against the spec a real ./dss-api serves (admin token, fixed seed, 1,000 cases per operation,
@@ -72,4 +110,4 @@ lock:
 	/tmp/dss-lock/bin/pip freeze --all --exclude pip --exclude setuptools --exclude wheel > requirements-dev.txt
 
 clean:
-	rm -rf $(VENV) $(HCA_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(HCA_VENV) $(DBIO_VENV) .pytest_cache .mypy_cache .ruff_cache

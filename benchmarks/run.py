@@ -54,11 +54,11 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, extra_env: dict[str, str] | None = None) -> None:
         self.staging = workdir / "staging"
         self.staging.mkdir()
         self.env = {**os.environ, "DSS_DATA_DIR": str(workdir / "data"), "DSS_STAGING_ROOTS": str(self.staging),
-                    "DSS_PORT": str(free_port()), "DSS_CALLBACK_ALLOWLIST": "127.0.0.1/32"}
+                    "DSS_PORT": str(free_port()), "DSS_CALLBACK_ALLOWLIST": "127.0.0.1/32", **(extra_env or {})}
         config = Config.from_env(self.env)
         self.token = mint_token(config, KeyStore(config.data_dir / "auth"), "bench@example.org", ["hca"])
         self.url = f"http://127.0.0.1:{config.port}"
