@@ -43,7 +43,8 @@ from dss.events import Event
 from dss.processes import process_identity
 from dss.sqlite import immediate
 
-__all__ = ["EventBus", "SQLiteEventBus", "RetryPolicy", "EventWorkers", "Handler", "Intent", "Deferred"]
+__all__ = ["EventBus", "SQLiteEventBus", "open_event_bus", "RetryPolicy", "EventWorkers", "Handler", "Intent",
+           "Deferred"]
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +171,10 @@ class EventBus:
         that cannot tell a wait from a failure counts it as one."""
         self.failed(message, f"deferred: {reason}")
 
+    def drop_intent(self, message: Message) -> None:
+        """A leased intent whose key does not exist: the announced write never happened."""
+        self.done(message)
+
     def release_orphans(self) -> int:
         raise NotImplementedError
 
@@ -178,6 +183,34 @@ class EventBus:
 
     def pending(self) -> int:
         raise NotImplementedError
+
+    def dead_letters(self) -> list[dict]:
+        """Messages given up on: at least `handler` and `body` each."""
+        raise NotImplementedError
+
+    def redrive(self, handler: str | None = None, limit: int = 100) -> int:
+        """Queue again up to `limit` dead letters (of `handler`, or of every handler); how many."""
+        raise NotImplementedError
+
+    def wait(self, timeout: float) -> None:
+        """Block up to `timeout` seconds, or until `wake()`."""
+        time.sleep(timeout)
+
+    def wake(self) -> None:
+        """Wake the workers waiting in `wait()`."""
+
+
+def open_event_bus(url: str, handlers: tuple[str, ...], stage: str) -> EventBus:
+    """The bus `DSS_QUEUE_URL` names: `sqlite://<path>` (this module) or `sns://…`/`sqs://…`
+    (`dss.events.sqs`, imported only then)."""
+    scheme = url.split("://", 1)[0]
+    if scheme == "sqlite":
+        return SQLiteEventBus(Path(url[len("sqlite://"):]), handlers)
+    if scheme in ("sns", "sqs"):
+        from dss.events.sqs import SQSEventBus
+
+        return SQSEventBus.open(url, handlers, stage)
+    raise ValueError(f"DSS_QUEUE_URL must be a sqlite://, sns:// or sqs:// URL, got {url!r}")
 
 
 class SQLiteEventBus(EventBus):
@@ -327,6 +360,16 @@ class SQLiteEventBus(EventBus):
         rows = self._db().execute("SELECT id, handler, body, attempts, failed_at, last_error FROM dead ORDER BY id")
         return [dict(zip(("id", "handler", "body", "attempts", "failed_at", "last_error"), r)) for r in rows]
 
+    def redrive(self, handler: str | None = None, limit: int = 100) -> int:
+        with immediate(self._db()) as db:
+            rows = db.execute("SELECT id, handler, body FROM dead WHERE ? IS NULL OR handler = ? ORDER BY id LIMIT ?",
+                              (handler, handler, limit)).fetchall()
+            db.executemany("INSERT INTO messages (handler, body, due) VALUES (?, ?, ?)",
+                           [(name, body, time.time()) for _, name, body in rows])
+            db.executemany("DELETE FROM dead WHERE id = ?", [(row[0],) for row in rows])
+        self.wake()
+        return len(rows)
+
     def wait(self, timeout: float) -> None:
         with self._wakeup:
             self._wakeup.wait(timeout)
@@ -362,7 +405,7 @@ class EventWorkers:
 
     orphan_check = 60.0  # seconds between looks for messages of processes that died
 
-    def __init__(self, bus: SQLiteEventBus, handlers: Mapping[str, Handler], threads: int = 2,
+    def __init__(self, bus: EventBus, handlers: Mapping[str, Handler], threads: int = 2,
                  exists: Callable[[Event], bool] | None = None) -> None:
         self.bus = bus
         self.handlers = dict(handlers)
