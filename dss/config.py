@@ -71,6 +71,34 @@ def _networks(entries: tuple[str, ...]) -> tuple[str, ...]:
     return entries
 
 
+def _workflows_url(raw: str | None) -> str:
+    """DSS_WORKFLOWS_URL: empty (the embedded executor) or a Step Functions URL."""
+    from dss.workflows.stepfunctions import parse_url
+
+    url = (raw or "").strip()
+    if url:
+        try:
+            parse_url(url)
+        except ValueError as e:
+            raise ConfigError(f"DSS_WORKFLOWS_URL: {e}") from None
+    return url
+
+
+def _queue_url(raw: str | None, data_dir: Path) -> str:
+    """DSS_QUEUE_URL: sqlite://<path> (the default) or an SNS/SQS bus, checked here (dss.events.sqs)."""
+    url = (raw or "").strip() or f"sqlite://{data_dir / 'queue.sqlite3'}"
+    if url.startswith(("sns://", "sqs://")):
+        from dss.events.sqs import parse_queue_url
+
+        try:
+            parse_queue_url(url, stage="check")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    elif not url.startswith("sqlite://"):
+        raise ConfigError(f"DSS_QUEUE_URL must be a sqlite://, sns:// or sqs:// URL, got {url!r}")
+    return url
+
+
 @dataclasses.dataclass(frozen=True)
 class IdentityProvider:
     """How to read one kind of token: the audiences it is issued for, and the claims holding groups and
@@ -144,6 +172,9 @@ class Config:
     workflow_journal: Path | None = None
     workflow_threads: int = 0
     workflow_task_budget: float = 600.0
+    # "" (the embedded executor above) or AWS Step Functions: "stepfunctions://" or
+    # "arn:aws:states:<region>:<account>" (dss.workflows.stepfunctions)
+    workflows_url: str = ""
     async_copy_threshold: int = 64 * 1024 * 1024
     # checkout stores (dss.checkout): where each replica's reads are served from, how long a copy lives
     # and when it is copied again (days), how long a read waits for a small checkout, and the Retry-After
@@ -199,7 +230,7 @@ class Config:
             read_only=_flag(env.get("DSS_READ_ONLY_MODE")),
             replica_urls=replica_urls,
             staging_roots=tuple(Path(p).resolve() for p in _csv(env.get("DSS_STAGING_ROOTS"))),
-            queue_url=env.get("DSS_QUEUE_URL") or f"sqlite://{data_dir / 'queue.sqlite3'}",
+            queue_url=_queue_url(env.get("DSS_QUEUE_URL"), data_dir),
             tables_url=env.get("DSS_TABLES_URL") or f"sqlite://{data_dir / 'tables.sqlite3'}",
             search_url=env.get("DSS_SEARCH_URL") or f"sqlite://{data_dir / 'search'}",
             search_refresh_writes=_flag(env.get("DSS_SEARCH_REFRESH_WRITES")),
@@ -221,6 +252,7 @@ class Config:
             workflow_journal=Path(env.get("DSS_WORKFLOW_JOURNAL") or data_dir / "workflows.sqlite3"),
             workflow_threads=_int(env, "DSS_WORKFLOW_THREADS", 0),
             workflow_task_budget=_float(env, "DSS_WORKFLOW_TASK_BUDGET", 600.0, minimum=1.0),
+            workflows_url=_workflows_url(env.get("DSS_WORKFLOWS_URL")),
             async_copy_threshold=_int(env, "DSS_ASYNC_COPY_THRESHOLD", 64 * 1024 * 1024),
             audiences=_csv(env.get("DSS_OIDC_AUDIENCE")) or (HCA_AUDIENCE,),
             group_claim=env.get("DSS_OIDC_GROUP_CLAIM") or GROUP_CLAIM,

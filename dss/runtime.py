@@ -8,7 +8,9 @@ the cloud the queue is driven by SQS triggers and workflows by Step Functions.
 `Runtime.workflows` starts long operations from any process: `workflows.start(workflow_name, input,
 name=idempotency_key) -> execution_id` records the execution durably and returns at once;
 `workflows.status(execution_id)` gives its `ExecutionRecord` (or None). Of the server processes sharing
-a data directory, the one holding the journal's lock runs them (`dss.workflows.service`).
+a data directory, the one holding the journal's lock runs them (`dss.workflows.service`). With
+`DSS_WORKFLOWS_URL` set, the same interface starts and describes executions on AWS Step Functions
+instead (`dss.workflows.stepfunctions`), and no process runs them.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from dss.collections.owner_index import TABLE as COLLECTIONS_TABLE
 from dss.collections.owner_index import OwnerIndex
 from dss.config import Config
 from dss.events import Event
-from dss.events.bus import EventWorkers, Handler, SQLiteEventBus
+from dss.events.bus import EventWorkers, Handler, open_event_bus
 from dss.events.handlers.index import IndexHandler
 from dss.events.handlers.journal import JournalHandler
 from dss.events.handlers.sync import LargeBlobs, SyncHandler
@@ -50,6 +52,7 @@ from dss.subscriptions.notifier import Notifier
 from dss.tables import Tables
 from dss.workflows.registry import TaskContext
 from dss.workflows.service import Workflows
+from dss.workflows.stepfunctions import StepFunctionsWorkflows
 
 __all__ = ["Runtime"]
 
@@ -64,12 +67,6 @@ def _signing_secret(data_dir: Path) -> bytes:
         path.touch(mode=0o600)
         path.write_text(secrets.token_hex(32))
     return bytes.fromhex(path.read_text().strip())
-
-
-def _sqlite_path(url: str) -> Path:
-    if not url.startswith("sqlite://"):
-        raise ValueError(f"the embedded runtime needs a sqlite:// URL, got {url!r}")
-    return Path(url[len("sqlite://"):])
 
 
 class Runtime:
@@ -93,10 +90,15 @@ class Runtime:
                                                  allowlist=config.callback_allowlist, deliveries=self.deliveries)
         self.notifier = Notifier(self.subscriptions, self.deliveries,
                                  api_base=config.api_url or f"http://{config.host}:{config.port}")
-        self.bus = SQLiteEventBus(_sqlite_path(config.queue_url), handlers=("sync", "index", "journal"))
-        self.workflows = Workflows(config.workflow_journal or config.data_dir / "workflows.sqlite3",
-                                   self._task_context, threads=config.workflow_threads,
-                                   task_budget=config.workflow_task_budget)
+        # sqlite:// (the embedded queue) or sns://, sqs:// (SQS queues fed to daemon Lambdas: dss.events.sqs)
+        self.bus = open_event_bus(config.queue_url, ("sync", "index", "journal"), config.stage)
+        self.workflows: Workflows | StepFunctionsWorkflows
+        if config.workflows_url:  # AWS Step Functions runs the executions (dss.workflows.stepfunctions)
+            self.workflows = StepFunctionsWorkflows.from_url(config.workflows_url, config.stage)
+        else:
+            self.workflows = Workflows(config.workflow_journal or config.data_dir / "workflows.sqlite3",
+                                       self._task_context, threads=config.workflow_threads,
+                                       task_budget=config.workflow_task_budget)
         self.files = FileService(self.replicas, SourceResolver(self.factory, config.staging_roots, config.data_dir),
                                  self.bus, config.data_dir / "spool", workflows=self.workflows,
                                  async_state=self.tables(ASYNC_STATE_TABLE),

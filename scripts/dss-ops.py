@@ -5,6 +5,7 @@
     .venv/bin/python scripts/dss-ops.py trust-service-account --key-file sa.json
     .venv/bin/python scripts/dss-ops.py service-account --email me@example.org --key-file sa.json
     .venv/bin/python scripts/dss-ops.py events pending|dead
+    .venv/bin/python scripts/dss-ops.py events redrive [--handler sync] [--max 100]
     .venv/bin/python scripts/dss-ops.py journal compact|verify [--replica aws] [--repair]
     .venv/bin/python scripts/dss-ops.py sync verify [--replica aws]
     .venv/bin/python scripts/dss-ops.py sync reconcile
@@ -78,6 +79,8 @@ def cmd_events(args: argparse.Namespace) -> int:
         print(json.dumps(runtime.bus.dead_letters(), indent=2))
     elif args.action == "drain":
         runtime.workers.drain(timeout=args.timeout)
+    elif args.action == "redrive":
+        print(f"Re-drove {runtime.bus.redrive(args.handler, limit=max(0, args.max))} dead-lettered events.")
     return 0
 
 
@@ -219,9 +222,12 @@ def parser() -> argparse.ArgumentParser:
     account.add_argument("--key-file", required=True, help="where to write the JSON key file (mode 0600)")
     account.set_defaults(func=cmd_service_account)
 
-    events = commands.add_parser("events", help="inspect or drain the embedded event queue")
-    events.add_argument("action", choices=["pending", "dead", "drain"])
+    events = commands.add_parser("events", help="inspect or drain the embedded event queue, or queue its dead "
+                                 "letters again (redrive; also the SQS dead-letter queues of DSS_QUEUE_URL=sns://…)")
+    events.add_argument("action", choices=["pending", "dead", "drain", "redrive"])
     events.add_argument("--timeout", type=float, default=600)
+    events.add_argument("--handler", choices=["sync", "index", "journal"], help="redrive only this handler's")
+    events.add_argument("--max", type=int, default=100, help="redrive at most this many (default 100)")
     events.set_defaults(func=cmd_events)
 
     journal = commands.add_parser("journal", help="compact the events journal now (everything pending), or replay it "
