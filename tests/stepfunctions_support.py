@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -94,24 +92,10 @@ def _serve() -> None:
 @pytest.fixture(scope="session")
 def stepfunctions_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The endpoint URL of the moto server described in the module docstring."""
-    from tests.infra.storage_servers import _read_url
+    from tests.infra.storage_servers import server_process
 
-    log_path = tmp_path_factory.mktemp("moto-sfn") / "server.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", __name__], cwd=_REPO, stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.PIPE, stderr=log)
-    try:
-        yield _read_url(process, log_path)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
-
+    with server_process(tmp_path_factory.mktemp("moto-sfn") / "server.log", __name__) as url:
+        yield url
 
 if __name__ == "__main__":
     _serve()

@@ -258,22 +258,28 @@ def test_hca_upload_and_download_through_the_202_path(hca, tmp_path):  # noqa: F
 # replicas: tests/test_sync_large_blob.py::test_hca_upload_and_download_of_300_mib_with_the_gcp_replica.
 
 
-def test_copies_survive_sigkill_of_every_server_process(tmp_path, async_env, s3_bucket, dss_process_factory):
-    """`dss-api` with two processes: executions recorded by either, the whole group SIGKILLed right after
-    the 202s, a restart resumes them (one of the new processes takes the journal's lock)."""
+def _server_processes(env: dict[str, str], dss_process_factory):
+    """`./dss-api` started with `env` on a free port: (config, a writer's auth header, port, url, process)."""
     from dss.auth import KeyStore, mint_token
     from dss.config import Config
-    from dss.identifiers import BlobKey
-    from dss.storage.blobstore.local import LocalBlobStore
-    from tests.infra.dss_server import free_port, kill_group
+    from tests.infra.dss_server import free_port
 
-    env = {**async_env, "DSS_API_PROCESSES": "2"}
     config = Config.from_env(env)
     auth = {"Authorization": "Bearer " + mint_token(config, KeyStore(config.data_dir / "auth"), "w@example.org",
                                                     ["hca"])}
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = dss_process_factory(env, port)
+    return config, auth, port, f"http://127.0.0.1:{port}", dss_process_factory(env, port)
+
+
+def test_copies_survive_sigkill_of_every_server_process(tmp_path, async_env, s3_bucket, dss_process_factory):
+    """`dss-api` with two processes: executions recorded by either, the whole group SIGKILLed right after
+    the 202s, a restart resumes them (one of the new processes takes the journal's lock)."""
+    from dss.identifiers import BlobKey
+    from dss.storage.blobstore.local import LocalBlobStore
+    from tests.infra.dss_server import kill_group
+
+    env = {**async_env, "DSS_API_PROCESSES": "2"}
+    config, auth, port, url, server = _server_processes(env, dss_process_factory)
     files = {new_uuid(): os.urandom(3 * MiB + n) for n in range(4)}
     version = new_version()
     for file_uuid, data in files.items():
@@ -339,18 +345,11 @@ def test_sigkill_during_a_multipart_copy_copies_no_finished_part_again(tmp_path,
     After the restart the copy completes; every staged part record was written exactly once (the part in
     flight at the kill had none yet), no Map item that had finished is run again (the journal), and
     neither a partial blob nor the metadata before its blob was ever visible."""
-    from dss.auth import KeyStore, mint_token
-    from dss.config import Config
     from dss.workflows.journal import Journal
-    from tests.infra.dss_server import free_port, kill_group
+    from tests.infra.dss_server import kill_group
 
     env = {**async_env, "DSS_API_PROCESSES": "2", "DSS_WORKFLOW_THREADS": "1"}
-    config = Config.from_env(env)
-    auth = {"Authorization": "Bearer " + mint_token(config, KeyStore(config.data_dir / "auth"), "w@example.org",
-                                                    ["hca"])}
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = dss_process_factory(env, port)
+    config, auth, port, url, server = _server_processes(env, dss_process_factory)
     data = os.urandom(3 * 64 * MiB)  # three parts of the DSS part size (64 MiB), copied one after another
     file_uuid, version = new_uuid(), new_version()
     watcher = _PartWatcher(config.data_dir / "replicas" / "aws")

@@ -47,9 +47,10 @@ def _read_url(process: subprocess.Popen, log_path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _server_process(kind: str, log_path: Path) -> Iterator[str]:
+def server_process(log_path: Path, module: str, *args: str) -> Iterator[str]:
+    """Runs `python -m module args…`, which prints its URL on its first line when it serves; yields it."""
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", __name__, kind], cwd=_REPO,
+        process = subprocess.Popen([sys.executable, "-m", module, *args], cwd=_REPO,
                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
     try:
         yield _read_url(process, log_path)
@@ -67,14 +68,14 @@ def _server_process(kind: str, log_path: Path) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The endpoint URL of a moto S3 server, e.g. `http://127.0.0.1:40123`."""
-    with _server_process("moto", tmp_path_factory.mktemp("moto") / "server.log") as url:
+    with server_process(tmp_path_factory.mktemp("moto") / "server.log", __name__, "moto") as url:
         yield url
 
 
 @pytest.fixture(scope="session")
 def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The host URL of a gcp-storage-emulator, for `STORAGE_EMULATOR_HOST`."""
-    with _server_process("gcs", tmp_path_factory.mktemp("gcs") / "server.log") as url:
+    with server_process(tmp_path_factory.mktemp("gcs") / "server.log", __name__, "gcs") as url:
         yield url
 
 
