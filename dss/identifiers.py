@@ -148,6 +148,8 @@ def _file_name_problem(name: str) -> str | None:
 
 _SOURCE_URL_RE = re.compile(r"(s3|gs|wasb|file)://([^/]*)/(.+)", re.DOTALL)
 _BUCKET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,221}")  # S3 (legacy names too) and GCS bucket names
+_GCS_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")  # GCS: lower case only, 3 to 222
+_GCS_REFUSED_NAMES = (".", "..")  # object names GCS cannot hold
 _MAX_KEY_BYTES = 1024  # S3 and GCS object names
 
 
@@ -167,6 +169,9 @@ def validate_source_url(url: str) -> str:
             raise IllegalArguments(f"source_url should name a bucket, as in s3://bucket/key: {_shown(url)}")
         if len(match.group(3).encode()) > _MAX_KEY_BYTES:
             raise IllegalArguments(f"source_url's key is longer than {_MAX_KEY_BYTES} bytes: {_shown(url)}")
+        if match.group(1) == "gs" and (not _GCS_BUCKET_RE.fullmatch(match.group(2))
+                                       or match.group(3) in _GCS_REFUSED_NAMES):
+            raise IllegalArguments(f"source_url names a bucket or object GCS cannot hold: {_shown(url)}")
     return url
 
 

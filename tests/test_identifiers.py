@@ -110,6 +110,7 @@ def test_source_urls_that_can_be_parsed_pass(url):
 @pytest.mark.parametrize("url", [
     "s3:///k", "gs:///k", "s3://-bucket/k", "s3://b b/k", "s3://b/" + "k" * 1025, "s3://b/k\x00", "file:///x\x00y",
     "file:///x\ud800", "gs://b/\udc80", "s3://b/k\n", "s3://b/k\x7f", None,
+    "gs://T-x/k", "gs://bucket/.", "gs://bucket/..", "gs://ab/k", "gs://bucket-/k",
 ])
 def test_source_urls_that_would_reach_a_store_broken_are_refused(url):
     with pytest.raises(IllegalArguments) as raised:

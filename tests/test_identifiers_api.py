@@ -41,7 +41,7 @@ def test_an_upper_case_uuid_reads_back_in_upper_case(dss):
 
 
 @pytest.mark.parametrize("bad", ["{u}-zz", "{u}.2020-01-01T000000.000000Z", "..{u}", "~{u}", "{u}%00",
-                                 "%ED%A0%80{u}"])
+                                 "%ED%A0%80{u}", "{u}%0A", "%C2%85{u}"])  # control characters: no route matches
 def test_a_uuid_that_is_not_whole_is_400_on_every_operation(dss, bad):
     uuid = bad.format(u=new_uuid())
     put = requests.put(f"{dss.url}/v1/files/{uuid}", params={"version": new_version()}, headers=dss.auth(),
@@ -61,6 +61,7 @@ def test_a_uuid_that_is_not_whole_is_400_on_every_operation(dss, bad):
     ("file:///staging/a\x00b", "illegal_arguments"), ("s3:///key", "illegal_arguments"),
     ("gs:///key", "illegal_arguments"), ("s3://bucket/" + "k" * 1025, "illegal_arguments"),
     ("s3://bucket/key\n", "illegal_arguments"), ("s3://bucket-only", "illegal_arguments"),
+    ("gs://T-x/.", "illegal_arguments"), ("gs://bucket/..", "illegal_arguments"),  # names GCS cannot hold
 ])
 def test_a_source_url_that_no_store_could_open_is_400(dss, source_url, code):
     response = put_file(dss, source_url)

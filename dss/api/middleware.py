@@ -78,6 +78,11 @@ class DSSHeadersMiddleware:
             await self.app(scope, receive, send)
             return
         method, path = scope["method"], scope["path"]
+        control = next((c for c in path if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0), None)
+        if control is not None:  # no route would match it: a 404 on operations that never answer 404
+            await _problem(send, 400, "illegal_arguments",
+                           f"The path contains the control character U+{ord(control):04X}")
+            return
         if scope.get("query_string"):
             scope = dict(scope, query_string=_first_values(scope["query_string"]))
         if self.read_only and not _is_read(method, path) and path.startswith("/v1/"):
