@@ -200,16 +200,8 @@ def search_latencies(index: Any, rounds: int) -> dict[str, tuple[float, float]]:
 
 
 def measure_searches(index: EmbeddedSearchIndex, directory: Path, rounds: int, table: Table) -> None:
-    rng = random.Random(5)
     baseline = _primary_key_latency(directory, rounds)
-    for name, make in search_queries(rng).items():
-        for _ in range(3):  # warm up
-            index.search(REPLICA, make(), size=100, source=False)
-        samples = []
-        for _ in range(rounds):
-            query = make()
-            samples.append(timed(lambda query=query: index.search(REPLICA, query, size=100, source=False)) * 1000)
-        p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
+    for name, (p50, p99) in search_latencies(index, rounds).items():
         table.add(f"search {name} p50", p50, "ms", "<= 20 ms", p50 <= 20,
                   f"SQLite primary-key lookup p50 {baseline:.3f} ms", p50 / baseline)
         table.add(f"search {name} p99", p99, "ms", "-", None, "", None)
