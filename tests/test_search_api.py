@@ -168,6 +168,13 @@ MALFORMED = {
     "negative from": {"query": {"match_all": {}}, "from": -5},
     "unknown body key": {"query": {"match_all": {}}, "no_such_key": 1},
     "terms lookup in a missing index": {"query": {"terms": {"uuid": {"index": "x", "id": "1", "path": "p"}}}},
+    # what would read other indices of the cluster or run code there
+    "terms lookup in a bool": {"query": {"bool": {"filter": [{"terms": {"uuid": {"index": "dss", "id": "1",
+                                                                              "path": "uuid"}}}]}}},
+    "a script": {"query": {"script": {"script": "true"}}},
+    "a wrapped query": {"query": {"wrapper": {"query": "eyJtYXRjaF9hbGwiOnt9fQ=="}}},
+    "more like another document": {"query": {"more_like_this": {"fields": ["uuid"],
+                                                                "like": [{"_index": "x", "_id": "1"}]}}},
 }
 
 

@@ -44,8 +44,10 @@ from dss.index.backend import (
     SearchIndexError,
     SearchPage,
     SearchUnavailable,
+    UnsupportedQuery,
     check_replica,
 )
+from dss.index.query import parse_search_body
 
 __all__ = ["ElasticsearchSearchIndex", "index_settings", "index_mappings", "SUBSCRIPTION_PREFIX"]
 
@@ -311,10 +313,11 @@ class ElasticsearchSearchIndex(SearchIndex):
 
     def search(self, replica: str, es_query: Mapping[str, Any], *, size: int,
                search_after: Sequence[Any] | None = None, source: bool = True) -> SearchPage:
-        if not isinstance(es_query, Mapping):
-            raise InvalidQuery("the search body must be a JSON object")
+        parse_search_body(es_query)  # the body keys the embedded engine accepts; it ignores some, as here
+        _refuse_reaching_out(es_query.get("query"))
+        _refuse_reaching_out(es_query.get("post_filter"))
         self._index(replica)
-        body = {key: value for key, value in es_query.items() if key not in ("size", "sort", "search_after")}
+        body = {key: es_query[key] for key in ("query", "post_filter", "_source", "from") if key in es_query}
         body["query"] = {"bool": {"must": [es_query["query"] if "query" in es_query else {"match_all": {}}],
                                   "filter": [{"exists": {"field": "uuid"}}]}}  # leaves subscriptions out
         body["sort"] = [dict(clause) for clause in FORCED_SORT]
@@ -336,6 +339,7 @@ class ElasticsearchSearchIndex(SearchIndex):
     def add_subscription_query(self, replica: str, sub_id: str, es_query: Mapping[str, Any]) -> None:
         if not isinstance(es_query, Mapping) or set(es_query) != {"query"}:
             raise InvalidQuery('a subscription es_query must be an object with exactly one key, "query"')
+        _refuse_reaching_out(es_query["query"])
         from opensearchpy import exceptions as es
 
         name = self._index(replica)
@@ -382,3 +386,25 @@ class ElasticsearchSearchIndex(SearchIndex):
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._client.close()
+
+
+# Queries that read other documents or indices of the cluster, or run scripts on it: a search may read
+# the bundles of its replica and nothing else (the embedded engine supports none of these either).
+_REACHING_OUT = frozenset({"more_like_this", "percolate", "script", "script_score", "function_score", "terms_set",
+                           "wrapper", "geo_shape", "has_child", "has_parent", "parent_id"})
+
+
+def _refuse_reaching_out(query: Any) -> None:
+    """UnsupportedQuery (400) for any such query, or a `terms` lookup, anywhere in `query`. A document
+    field named like one of these queries is refused too, when a query names it as a key."""
+    if isinstance(query, list):
+        for item in query:
+            _refuse_reaching_out(item)
+    elif isinstance(query, Mapping):
+        for key, value in query.items():
+            if key in _REACHING_OUT:
+                raise UnsupportedQuery(f"[{key}] is not supported in searches")
+            if key == "terms" and isinstance(value, Mapping) and any(
+                    isinstance(v, Mapping) for k, v in value.items() if k not in ("boost", "_name")):
+                raise UnsupportedQuery("[terms] lookup (terms from another document) is not supported")
+            _refuse_reaching_out(value)
