@@ -22,6 +22,7 @@ from dss.events.handlers.sync import LARGE_BLOB_WORKFLOW, large_copy_name
 from dss.identifiers import BlobKey, new_version
 from tests.infra.dss_server import DSSServer, start_server
 from tests.infra.helpers import new_uuid, put_file, stage_local
+from tests.test_async_copy import upload_directory
 from tests.test_hca_client import hca  # noqa: F401 - the fixture that drives the real client
 
 MiB = 1024 * 1024
@@ -129,12 +130,7 @@ def test_hca_upload_and_download_of_300_mib_with_the_gcp_replica(hca, tmp_path: 
     `gcp` and from `aws` (through the checkout flow) is byte-identical. One 300 MiB upload serves both
     replicas' round trips (the `aws` upload path is the same; PUT /bundles on `aws` is covered with a
     smaller file by `test_hca_upload_and_download_through_the_202_path`)."""
-    source = tmp_path / "upload"
-    files = {"big.bin": os.urandom(300 * MiB + 17), "small.txt": b"below the threshold\n" * 10,
-             "meta/donor_0.json": json.dumps({"organism": "Homo sapiens"}).encode()}
-    for name, data in files.items():
-        (source / name).parent.mkdir(parents=True, exist_ok=True)
-        (source / name).write_bytes(data)
+    source, files = upload_directory(tmp_path, 300 * MiB + 17)
     uploaded = json.loads(hca("dss", "upload", "--src-dir", str(source), "--replica", "gcp",
                               "--staging-bucket", hca.bucket, "--no-progress"))
     bundle_uuid, version = uploaded["bundle_uuid"], uploaded["version"]
