@@ -33,12 +33,16 @@ from dss.notify import (
     AllowList,
     AttemptResult,
     Delivery,
+    DeliveryQueue,
     DeliveryStore,
     DeliveryWorker,
     HttpTransport,
     UnsafeCallbackURL,
     check_callback_url,
+    deliver_due,
+    open_delivery_store,
 )
+from dss.notify.dynamodb import DynamoDBDeliveryStore
 from dss.notify.signing import sign_cavage
 from tests.infra.receivers import Receiver, RecordedRequest, self_signed_tls, verify_cavage
 
@@ -60,21 +64,73 @@ def make_delivery(url: str, **changes: Any) -> Delivery:
     return Delivery(**fields)
 
 
-@pytest.fixture
-def make_store(tmp_path: Path) -> Iterator[Callable[..., DeliveryStore]]:
-    stores: list[DeliveryStore] = []
+class StoreMaker:
+    """Opens stores of one backend over one shared queue (a file, or a DynamoDB table on moto), and reaches
+    into that storage the way only a test may (to corrupt an item, or to see where secrets are kept)."""
 
-    def make(**options: Any) -> DeliveryStore:
+    def __init__(self, backend: str, tmp_path: Path, client: Any = None) -> None:
+        self.backend = backend
+        self.path = tmp_path / "notify.sqlite3"
+        self.client = client
+        self.table = f"deliveries-{uuid.uuid4().hex[:12]}"
+        self.stores: list[DeliveryQueue] = []
+
+    def __call__(self, **options: Any) -> Any:
         options.setdefault("delays", FAST)
         options.setdefault("timeout", 2.0)
         options.setdefault("allowlist", LOOPBACK)
-        store = DeliveryStore(tmp_path / "notify.sqlite3", **options)
-        stores.append(store)
+        store: DeliveryQueue
+        if self.backend == "sqlite":
+            store = DeliveryStore(self.path, **options)
+        else:
+            store = DynamoDBDeliveryStore(self.table, client=self.client, create_if_missing=not self.stores,
+                                          **options)
+        self.stores.append(store)
         return store
 
-    yield make
-    for store in stores:
-        store.close()
+    def corrupt_spec(self, delivery_id: str) -> None:
+        if self.backend == "sqlite":
+            with contextlib.closing(sqlite3.connect(self.path)) as db, db:
+                db.execute("UPDATE deliveries SET spec = '{}' WHERE id = ?", (delivery_id,))
+        else:
+            self.client.update_item(TableName=self.table, Key={"hash_key": {"S": delivery_id},
+                                                               "sort_key": {"S": "delivery"}},
+                                    UpdateExpression="SET spec = :s", ExpressionAttributeValues={":s": {"S": "{}"}})
+
+    def stored_secrets(self) -> dict[str, bytes | None]:
+        """Every delivery id with the secret stored for it, as the storage itself holds it."""
+        if self.backend == "sqlite":
+            with contextlib.closing(sqlite3.connect(self.path)) as db:
+                return dict(db.execute("SELECT id, hmac_secret FROM deliveries"))
+        items = self.client.scan(TableName=self.table)["Items"]
+        return {i["hash_key"]["S"]: i["hmac_secret"]["B"] if "hmac_secret" in i else None for i in items}
+
+    def close(self) -> None:
+        for store in self.stores:
+            store.close()
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreMaker]:
+    """Stores of each backend: SQLite, and DynamoDB on the moto server (its table made per test)."""
+    client = None
+    if request.param == "dynamodb":
+        request.getfixturevalue("aws_env")
+        import boto3
+
+        client = boto3.client("dynamodb")
+    maker = StoreMaker(request.param, tmp_path, client)
+    yield maker
+    maker.close()
+
+
+@pytest.fixture
+def make_sqlite_store(tmp_path: Path) -> Iterator[StoreMaker]:
+    """SQLite stores only, for tests of what happens above the store (signing, transport, URL checks),
+    and of the worker threads' sharing, which the deliver_due tests cover for DynamoDB."""
+    maker = StoreMaker("sqlite", tmp_path)
+    yield maker
+    maker.close()
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 30.0) -> Any:  # generous: busy machines
@@ -87,7 +143,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0) -> Any:  # g
     raise AssertionError("condition not met in time")
 
 
-def state_of(store: DeliveryStore, delivery_id: str) -> str:
+def state_of(store: DeliveryQueue, delivery_id: str) -> str:
     record = store.get(delivery_id)
     assert record is not None
     return record.state
@@ -109,7 +165,7 @@ def multipart_parts(request: RecordedRequest) -> dict[str, str]:
             for part in message.iter_parts()}
 
 
-def deliver_once(make_store: Callable[..., DeliveryStore], receiver: Receiver, **changes: Any) -> tuple[
+def deliver_once(make_store: Callable[..., DeliveryQueue], receiver: Receiver, **changes: Any) -> tuple[
         Delivery, RecordedRequest]:
     store = make_store()
     delivery = make_delivery(receiver.url(), **changes)
@@ -135,8 +191,8 @@ def test_json_payload_with_cavage_signature(make_store: Any, receiver: Receiver,
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT"])
-def test_multipart_payload_with_cavage_signature(make_store: Any, receiver: Receiver, method: str) -> None:
-    delivery, request = deliver_once(make_store, receiver, method=method, encoding="multipart/form-data",
+def test_multipart_payload_with_cavage_signature(make_sqlite_store: Any, receiver: Receiver, method: str) -> None:
+    delivery, request = deliver_once(make_sqlite_store, receiver, method=method, encoding="multipart/form-data",
                                      form_fields={"team": "blue", "run": "7"}, payload_form_field="notification",
                                      hmac_key_id="my-key")
     assert request.method == method
@@ -148,9 +204,9 @@ def test_multipart_payload_with_cavage_signature(make_store: Any, receiver: Rece
 
 
 @pytest.mark.parametrize(("method", "encoding"), [("POST", "application/json"), ("PUT", "multipart/form-data")])
-def test_rfc9421_signature_verifies_with_the_library(make_store: Any, receiver: Receiver, method: str,
+def test_rfc9421_signature_verifies_with_the_library(make_sqlite_store: Any, receiver: Receiver, method: str,
                                                       encoding: str) -> None:
-    delivery, request = deliver_once(make_store, receiver, method=method, encoding=encoding,
+    delivery, request = deliver_once(make_sqlite_store, receiver, method=method, encoding=encoding,
                                      signature_format="rfc9421")
     assert "Authorization" not in request.headers
     assert request.headers["Content-Digest"].startswith("sha-256=:")
@@ -160,8 +216,8 @@ def test_rfc9421_signature_verifies_with_the_library(make_store: Any, receiver: 
     assert result.body == request.body
 
 
-def test_tampered_body_fails_cavage_verification(make_store: Any, receiver: Receiver) -> None:
-    _, request = deliver_once(make_store, receiver)
+def test_tampered_body_fails_cavage_verification(make_sqlite_store: Any, receiver: Receiver) -> None:
+    _, request = deliver_once(make_sqlite_store, receiver)
     verify_cavage(request, SECRET)
     tampered = dataclasses.replace(request, body=request.body.replace(b"CREATE", b"DELETE"))
     with pytest.raises(AssertionError, match="Digest"):
@@ -176,8 +232,8 @@ def test_tampered_body_fails_cavage_verification(make_store: Any, receiver: Rece
         verify_cavage(request, secret="wrong secret")
 
 
-def test_tampered_body_fails_rfc9421_verification(make_store: Any, receiver: Receiver) -> None:
-    delivery, request = deliver_once(make_store, receiver, signature_format="rfc9421")
+def test_tampered_body_fails_rfc9421_verification(make_sqlite_store: Any, receiver: Receiver) -> None:
+    delivery, request = deliver_once(make_sqlite_store, receiver, signature_format="rfc9421")
     tampered = dataclasses.replace(request, body=request.body + b" ")
     with pytest.raises(InvalidSignature):
         verify_rfc9421(tampered, key_id=delivery.key_id)
@@ -188,8 +244,8 @@ def test_tampered_body_fails_rfc9421_verification(make_store: Any, receiver: Rec
         verify_rfc9421(moved, key_id=delivery.key_id)
 
 
-def test_unsigned_delivery_has_no_signature(make_store: Any, receiver: Receiver) -> None:
-    _, request = deliver_once(make_store, receiver, hmac_secret_key=None)
+def test_unsigned_delivery_has_no_signature(make_sqlite_store: Any, receiver: Receiver) -> None:
+    _, request = deliver_once(make_sqlite_store, receiver, hmac_secret_key=None)
     for header in ("Authorization", "Digest", "Signature", "Signature-Input"):
         assert header not in request.headers
 
@@ -322,9 +378,9 @@ def test_late_finish_after_lost_lease_does_not_move_the_delivery(make_store: Any
     assert state_of(store, delivery_id) == "delivered"
 
 
-def test_concurrent_workers_never_share_an_attempt(make_store: Any, receiver: Receiver) -> None:
+def test_concurrent_workers_never_share_an_attempt(make_sqlite_store: Any, receiver: Receiver) -> None:
     receiver.delay = 0.05
-    stores = [make_store(), make_store()]  # two store objects over one file, like two processes
+    stores = [make_sqlite_store(), make_sqlite_store()]  # two store objects over one file, like two processes
     ids = [stores[0].enqueue(make_delivery(receiver.url(f"/hook/{i}"))) for i in range(24)]
     workers = [DeliveryWorker(s, threads=4).start() for s in stores]
     try:
@@ -339,13 +395,11 @@ def test_concurrent_workers_never_share_an_attempt(make_store: Any, receiver: Re
         assert record is not None and len(record.attempts) == 1
 
 
-def test_unreadable_row_is_dead_lettered_not_retried_forever(make_store: Any, receiver: Receiver,
-                                                            tmp_path: Path) -> None:
+def test_unreadable_row_is_dead_lettered_not_retried_forever(make_store: StoreMaker, receiver: Receiver) -> None:
     store = make_store()
     broken = store.enqueue(make_delivery(receiver.url()))
     fine = store.enqueue(make_delivery(receiver.url()))
-    with contextlib.closing(sqlite3.connect(tmp_path / "notify.sqlite3")) as db, db:
-        db.execute("UPDATE deliveries SET spec = '{}' WHERE id = ?", (broken,))
+    make_store.corrupt_spec(broken)
     assert store.run_due() == 1
     assert (state_of(store, broken), state_of(store, fine)) == ("dead", "delivered")
 
@@ -358,6 +412,21 @@ def test_store_from_config(tmp_path: Path) -> None:
     with DeliveryStore.from_config(config) as store:
         assert store.delays == (0, 5) and store.lease_seconds == 90
     assert (tmp_path / "notify.sqlite3").stat().st_mode & 0o777 == 0o600
+
+
+def test_the_configuration_chooses_the_store(tmp_path: Path, aws_env: str) -> None:
+    from dss.config import Config
+
+    env = {"DSS_DATA_DIR": str(tmp_path), "DSS_NOTIFY_DELAYS": "0,5", "DSS_NOTIFY_TIMEOUT": "7"}
+    with open_delivery_store(Config.from_env(env)) as embedded:
+        assert isinstance(embedded, DeliveryStore)
+    assert (tmp_path / "deliveries.sqlite3").exists()
+    cloud_env = {**env, "DSS_TABLES_URL": "dynamodb://", "DSS_DEPLOYMENT_STAGE": f"t{uuid.uuid4().hex[:8]}"}
+    with open_delivery_store(Config.from_env(cloud_env), create_if_missing=True) as cloud:
+        assert isinstance(cloud, DynamoDBDeliveryStore)
+        assert cloud.table_name == f"dss-{cloud_env['DSS_DEPLOYMENT_STAGE']}-deliveries"
+        assert cloud.delays == (0, 5) and cloud.lease_seconds == 37
+        assert cloud.next_due_at() is None
 
 
 def test_enqueue_is_idempotent_per_event(make_store: Any, receiver: Receiver) -> None:
@@ -391,8 +460,8 @@ def test_delivery_log_for_the_owner(make_store: Any, receiver: Receiver) -> None
     assert store.deliveries(subscription_id) == []
 
 
-def test_redirects_are_not_followed(make_store: Any, receiver: Receiver) -> None:
-    store = make_store(delays=(0,))
+def test_redirects_are_not_followed(make_sqlite_store: Any, receiver: Receiver) -> None:
+    store = make_sqlite_store(delays=(0,))
     receiver.status = 302
     receiver.response_headers = {"Location": receiver.url("/elsewhere")}
     delivery_id = store.enqueue(make_delivery(receiver.url()))
@@ -403,8 +472,8 @@ def test_redirects_are_not_followed(make_store: Any, receiver: Receiver) -> None
     assert [r.path for r in receiver.requests] == ["/hook"]
 
 
-def test_slow_receiver_times_out(make_store: Any, receiver: Receiver) -> None:
-    store = make_store(delays=(0,), timeout=0.3)
+def test_slow_receiver_times_out(make_sqlite_store: Any, receiver: Receiver) -> None:
+    store = make_sqlite_store(delays=(0,), timeout=0.3)
     receiver.delay = 1.0
     delivery_id = store.enqueue(make_delivery(receiver.url()))
     store.run_due()
@@ -429,6 +498,99 @@ def test_worker_wakes_on_enqueue_and_stops_promptly(make_store: Any, receiver: R
     assert time.monotonic() - started < 15
     assert not worker.running
     assert not any(t.name.startswith("dss-notify") for t in threading.enumerate())
+
+
+# -- draining until a deadline (what the notify Lambda does) ------------------------------------------
+
+class Gate:
+    """A transport around the real one that holds each attempt until ``parties`` attempts are in flight
+    together (so a run that is not that parallel fails, with no timing involved) and records the peak."""
+
+    def __init__(self, parties: int) -> None:
+        self._inner = HttpTransport(timeout=2.0, allowlist=LOOPBACK)
+        self._barrier = threading.Barrier(parties, timeout=30)
+        self._lock = threading.Lock()
+        self.active = self.peak = 0
+
+    def __call__(self, delivery: Delivery, attempt: int) -> AttemptResult:
+        with self._lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        try:
+            self._barrier.wait()
+            return self._inner(delivery, attempt)
+        finally:
+            with self._lock:
+                self.active -= 1
+
+
+def no_delivery_threads_left() -> bool:
+    return not any(t.name.startswith("dss-notify-due") for t in threading.enumerate())
+
+
+def test_deliver_due_runs_attempts_in_parallel_up_to_the_bound(make_store: StoreMaker, receiver: Receiver) -> None:
+    gate = Gate(parties=3)
+    store = make_store(transport=gate)
+    ids = [store.enqueue(make_delivery(receiver.url(f"/hook/{i}"))) for i in range(6)]
+    run = deliver_due(store, time.monotonic() + 120, concurrency=3)
+    assert run.to_json() == {"attempts": 6, "delivered": 6, "failed": 0, "dead": 0, "errors": 0,
+                             "deadline_reached": False}
+    assert gate.peak == 3
+    assert {state_of(store, i) for i in ids} == {"delivered"}
+    assert sorted(r.path for r in receiver.requests) == sorted(f"/hook/{i}" for i in range(6))
+    assert no_delivery_threads_left()
+
+
+def test_deliver_due_retries_what_falls_due_while_it_runs(make_store: StoreMaker, receiver: Receiver) -> None:
+    store = make_store(delays=(0, 0, 3600))
+    receiver.fail(2)
+    ids = [store.enqueue(make_delivery(receiver.url())) for _ in range(3)]
+    run = deliver_due(store, time.monotonic() + 120, concurrency=2)
+    assert (run.attempts, run.delivered, run.failed, run.dead) == (5, 3, 2, 0)
+    assert {state_of(store, i) for i in ids} == {"delivered"}
+    assert store.next_due_at() is None
+
+
+def test_deliver_due_counts_dead_letters_and_leaves_later_retries(make_store: StoreMaker, receiver: Receiver) -> None:
+    clock = [1000.0]
+    store = make_store(delays=(0, 3600), clock=lambda: clock[0])
+    receiver.fail(100)
+    first = store.enqueue(make_delivery(receiver.url()))
+    run = deliver_due(store, time.monotonic() + 120)
+    assert (run.attempts, run.failed, run.dead) == (1, 1, 0)
+    assert store.next_due_at() == 4600.0  # the retry is the job of an invocation an hour later
+    clock[0] = 4600.0
+    second = store.enqueue(make_delivery(receiver.url()))
+    run = deliver_due(store, time.monotonic() + 120)
+    assert (run.attempts, run.failed, run.dead) == (2, 1, 1)
+    assert (state_of(store, first), state_of(store, second)) == ("dead", "pending")
+
+
+def test_deliver_due_stops_claiming_at_the_deadline(make_store: StoreMaker, receiver: Receiver) -> None:
+    store = make_store()
+    delivery_id = store.enqueue(make_delivery(receiver.url()))
+    run = deliver_due(store, time.monotonic() - 1)
+    assert run.attempts == 0 and run.deadline_reached
+    assert state_of(store, delivery_id) == "pending" and receiver.requests == []
+    assert no_delivery_threads_left()
+
+
+def test_overlapping_runs_never_share_an_attempt(make_store: StoreMaker, receiver: Receiver) -> None:
+    """Two notify invocations at once (an invocation may outlast the one-minute schedule)."""
+    receiver.delay = 0.05
+    stores = [make_store(), make_store()]
+    ids = [stores[0].enqueue(make_delivery(receiver.url(f"/hook/{i}"))) for i in range(16)]
+    runs: list[Any] = []
+    threads = [threading.Thread(target=lambda s=s: runs.append(deliver_due(s, time.monotonic() + 120, concurrency=4)))
+               for s in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert sum(run.delivered for run in runs) == 16 and sum(run.attempts for run in runs) == 16
+    assert {state_of(stores[1], i) for i in ids} == {"delivered"}
+    paths = Counter(r.path for r in receiver.requests)
+    assert len(paths) == 16 and set(paths.values()) == {1}
 
 
 # -- callback URL safety ---------------------------------------------------------------------------
@@ -482,8 +644,8 @@ def test_bad_allow_list_entry() -> None:
         AllowList.parse("10.0.0.0/33")
 
 
-def test_delivery_time_check_refuses_without_connecting(make_store: Any, receiver: Receiver) -> None:
-    store = make_store(delays=(0,), allowlist=None)
+def test_delivery_time_check_refuses_without_connecting(make_sqlite_store: Any, receiver: Receiver) -> None:
+    store = make_sqlite_store(delays=(0,), allowlist=None)
     delivery_id = store.enqueue(make_delivery(receiver.url()))
     store.run_due()
     record = store.get(delivery_id)
@@ -492,12 +654,12 @@ def test_delivery_time_check_refuses_without_connecting(make_store: Any, receive
     assert receiver.requests == []
 
 
-def test_connection_goes_to_the_checked_address(make_store: Any, receiver: Receiver) -> None:
+def test_connection_goes_to_the_checked_address(make_sqlite_store: Any, receiver: Receiver) -> None:
     """The host never resolves for real: delivery only works because the transport connects to the
     address the check approved (no second DNS lookup to rebind)."""
     answers = {"hooks.example": ["127.0.0.1"]}
     transport = HttpTransport(timeout=2, allowlist=LOOPBACK, resolver=lambda host, port: answers[host])
-    store = make_store(transport=transport, delays=(0, 0))
+    store = make_sqlite_store(transport=transport, delays=(0, 0))
     url = f"http://hooks.example:{receiver.port}/hook"
     delivery = make_delivery(url, signature_format="rfc9421")
     first = store.enqueue(delivery)
@@ -513,12 +675,13 @@ def test_connection_goes_to_the_checked_address(make_store: Any, receiver: Recei
     assert len(receiver.requests) == 1
 
 
-def test_https_connects_to_the_checked_address_and_verifies_the_host_name(make_store: Any, tmp_path: Path) -> None:
+def test_https_connects_to_the_checked_address_and_verifies_the_host_name(make_sqlite_store: Any,
+                                                                          tmp_path: Path) -> None:
     context, ca_file = self_signed_tls(tmp_path, "hooks.example")
     with Receiver(ssl_context=context) as tls:
         transport = HttpTransport(timeout=2, allowlist=LOOPBACK, resolver=lambda host, port: ["127.0.0.1"],
                                   verify=str(ca_file))
-        store = make_store(transport=transport, delays=(0,))
+        store = make_sqlite_store(transport=transport, delays=(0,))
         good = store.enqueue(make_delivery(f"https://hooks.example:{tls.port}/hook"))
         wrong_name = store.enqueue(make_delivery(f"https://other.example:{tls.port}/hook"))
         store.run_due()
@@ -532,9 +695,8 @@ def test_https_connects_to_the_checked_address_and_verifies_the_host_name(make_s
 
 # -- secrets -----------------------------------------------------------------------------------------
 
-def test_secret_stays_out_of_logs_reprs_and_the_delivery_log(make_store: Any, receiver: Receiver,
-                                                             caplog: pytest.LogCaptureFixture,
-                                                             tmp_path: Path) -> None:
+def test_secret_stays_out_of_logs_reprs_and_the_delivery_log(make_store: StoreMaker, receiver: Receiver,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     store = make_store(delays=(0, 0))
     delivery = make_delivery(receiver.url())
@@ -553,7 +715,6 @@ def test_secret_stays_out_of_logs_reprs_and_the_delivery_log(make_store: Any, re
     for text in texts:
         assert SECRET not in text
     assert delivery.hmac_secret_key is not None and delivery.hmac_secret_key.reveal() == SECRET.encode()
-    with contextlib.closing(sqlite3.connect(tmp_path / "notify.sqlite3")) as db:
-        secrets = dict(db.execute("SELECT id, hmac_secret FROM deliveries"))
+    secrets = make_store.stored_secrets()
     assert secrets[ids[0]] is None and secrets[ids[1]] is None  # wiped once finished
     assert secrets[third] == SECRET.encode()  # still needed for the pending attempt

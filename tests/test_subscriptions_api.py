@@ -14,6 +14,7 @@ import jwt
 import pytest
 import requests
 
+from tests.infra.delivery_stores import DELIVERY_STORES
 from tests.infra.dss_server import USER, DSSServer, base_env, start_server
 
 if TYPE_CHECKING:
@@ -29,8 +30,9 @@ ES_QUERY = {"query": {"match": {"files.project_json.project_core.project_short_n
 
 
 @pytest.fixture
-def dss_env(dss_env: dict[str, str]) -> dict[str, str]:
+def dss_env(dss_env: dict[str, str], delivery_store_env: dict[str, str]) -> dict[str, str]:
     """The shared server environment, with loopback callbacks allowed (receivers live there)."""
+    dss_env.update(delivery_store_env)  # the embedded default, or DynamoDB where DELIVERY_STORES says so
     dss_env["DSS_CALLBACK_ALLOWLIST"] = LOOPBACK
     dss_env["DSS_NOTIFY_DELAYS"] = "0,1,60"  # a third try late enough to cancel
     dss_env["DSS_NOTIFY_TIMEOUT"] = "5"
@@ -247,7 +249,12 @@ def test_the_secret_is_never_shown_or_logged(dss: DSSServer, client: Client, rec
 
 # --- the delivery log ------------------------------------------------------------------------------------------
 
-def test_deliveries_of_a_subscription(dss: DSSServer, client: Client, receiver: Receiver) -> None:
+@DELIVERY_STORES
+def test_deliveries_of_a_subscription(dss: DSSServer, client: Client, receiver: Receiver,
+                                     delivery_store: str) -> None:
+    from dss.notify import DeliveryStore
+
+    assert isinstance(dss.runtime.deliveries, DeliveryStore) == (delivery_store == "sqlite")
     sub_id = client.put({"callback_url": receiver.url(), "jmespath_query": "state == 'new'"}).json()["uuid"]
     assert client.deliveries(sub_id).json() == {"deliveries": []}
     receiver.fail(1)  # the second notification needs a retry
@@ -285,6 +292,7 @@ def many_receivers() -> Iterator[list[Receiver]]:
         r.stop()
 
 
+@DELIVERY_STORES
 def test_deleting_a_subscription_cancels_its_pending_deliveries(dss: DSSServer, client: Client,
                                                                 many_receivers: list[Receiver]) -> None:
     failing, healthy = many_receivers

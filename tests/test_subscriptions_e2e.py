@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from dss.identifiers import new_version
+from tests.infra.delivery_stores import DELIVERY_STORES
 from tests.infra.dss_server import ADMIN, DSSServer
 from tests.infra.helpers import add_file, new_uuid, put_bundle
 from tests.infra.opensearch import BOTH_ENGINES
@@ -25,8 +26,10 @@ ES_QUERY = {"query": {"match": {"files.project_json.project_core.project_short_n
 
 
 @pytest.fixture
-def dss_env(dss_env: dict[str, str], search_engine_env: dict[str, str]) -> dict[str, str]:
+def dss_env(dss_env: dict[str, str], search_engine_env: dict[str, str],
+            delivery_store_env: dict[str, str]) -> dict[str, str]:
     dss_env.update(search_engine_env)  # the embedded engine, or OpenSearch where BOTH_ENGINES says so
+    dss_env.update(delivery_store_env)  # the embedded default, or DynamoDB where DELIVERY_STORES says so
     dss_env["DSS_CALLBACK_ALLOWLIST"] = "127.0.0.1/32"
     dss_env["DSS_NOTIFY_DELAYS"] = "0,1,2"
     dss_env["DSS_NOTIFY_TIMEOUT"] = "5"
@@ -136,6 +139,7 @@ def test_an_unversioned_tombstone_notifies_once_per_live_version(dss: DSSServer,
     quiet_for(receiver, 4)
 
 
+@DELIVERY_STORES
 def test_a_failing_receiver_is_retried_and_the_log_shows_it(dss: DSSServer, receiver: Receiver) -> None:
     sub_id = subscribe(dss, {"callback_url": receiver.url()})
     receiver.fail(1)

@@ -1,11 +1,7 @@
 """Durable webhook delivery in one SQLite file: a queue with leases, retries, dead letters and a log.
 
-Life of a delivery (``state``)::
-
-    enqueue ──> pending ──(2xx)──────────────────────────> delivered
-                  │  ^
-                  │  └─(failure, tries left: due again after delays[n])
-                  └────(failure on the last try)──────────> dead
+The contract (states, retry schedule, leases, secrets) is :class:`dss.notify.queue.DeliveryQueue`'s; this
+is how one SQLite file keeps it:
 
 * **Durable**: :meth:`DeliveryStore.enqueue` commits (WAL, ``synchronous=FULL``) before it returns.
 * **Leases**: a worker claims one due delivery in a ``BEGIN IMMEDIATE`` transaction, which SQLite runs
@@ -34,25 +30,30 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dss.config import DEFAULT_NOTIFY_DELAYS
 from dss.notify.delivery import Delivery
-from dss.notify.transport import AttemptResult, HttpTransport, Transport, describe_error
-from dss.notify.urlsafety import AllowList, redact_url
+from dss.notify.queue import (
+    LOST,
+    MAX_LIMIT,
+    STATES,
+    AttemptRecord,
+    Claim,
+    DeliveryQueue,
+    DeliveryRecord,
+    check_state,
+)
+from dss.notify.transport import AttemptResult, Transport
+from dss.notify.urlsafety import AllowList
 from dss.sqlite import immediate
 
 __all__ = ["DeliveryStore", "DeliveryRecord", "AttemptRecord", "Claim", "STATES", "SCHEMA_VERSION"]
 
 logger = logging.getLogger(__name__)
 
-STATES = ("pending", "delivered", "dead")
 SCHEMA_VERSION = 1
-_LEASE_MARGIN = 30.0  # seconds beyond the request timeout before an attempt counts as lost
-_MAX_LIMIT = 1000
-_LOST = "lease expired before the attempt finished (worker stopped or stalled)"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -85,55 +86,6 @@ CREATE TABLE IF NOT EXISTS attempts (
     PRIMARY KEY (delivery_id, number)
 ) WITHOUT ROWID;
 """
-
-
-@dataclass(frozen=True)
-class AttemptRecord:
-    number: int
-    started_at: float
-    duration: float | None
-    status_code: int | None
-    error: str | None
-    outcome: str
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass(frozen=True)
-class DeliveryRecord:
-    """One delivery as the owner sees it. ``next_attempt_at`` is set only while a retry is scheduled."""
-
-    delivery_id: str
-    subscription_id: str
-    owner: str
-    event_id: str
-    callback_url: str
-    method: str
-    encoding: str
-    state: str
-    in_flight: bool
-    created_at: float
-    next_attempt_at: float | None
-    finished_at: float | None
-    last_error: str | None
-    attempts: tuple[AttemptRecord, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        data = dict(self.__dict__)
-        data["attempts"] = [a.to_json() for a in self.attempts]
-        return data
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A leased attempt: only the holder of ``token`` may settle it."""
-
-    delivery_id: str
-    token: str
-    attempt: int
-    started_at: float
-    delivery: Delivery
 
 
 class _Connection(sqlite3.Connection):
@@ -215,14 +167,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
-def _validate_delays(delays: Iterable[float]) -> tuple[float, ...]:
-    result = tuple(float(d) for d in delays)
-    if not result or any(d < 0 for d in result):
-        raise ValueError("delays must be a non-empty sequence of non-negative seconds")
-    return result
-
-
-class DeliveryStore:
+class DeliveryStore(DeliveryQueue):
     """The delivery queue and log over one SQLite file, plus the worker API that drains it.
 
     Safe to share between threads, and to open several times (even from several processes) over the
@@ -234,12 +179,9 @@ class DeliveryStore:
                  delays: Sequence[float] = DEFAULT_NOTIFY_DELAYS, timeout: float = 60.0,
                  allowlist: AllowList | str | Iterable[str] | None = None, lease_seconds: float | None = None,
                  clock: Callable[[], float] = time.time) -> None:
-        self.delays = _validate_delays(delays)
-        self.lease_seconds = float(lease_seconds) if lease_seconds is not None else timeout + _LEASE_MARGIN
-        self._transport = transport or HttpTransport(timeout=timeout, allowlist=allowlist)
-        self._clock = clock
+        super().__init__(transport=transport, delays=delays, timeout=timeout, allowlist=allowlist,
+                         lease_seconds=lease_seconds, clock=clock)
         self._db = _Database(Path(path), busy_timeout=max(30.0, timeout))
-        self._listeners: list[Callable[[], None]] = []
 
     @classmethod
     def from_config(cls, config: Any, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> DeliveryStore:
@@ -247,31 +189,10 @@ class DeliveryStore:
         return cls(path or Path(config.data_dir) / "notify.sqlite3", delays=config.notify_delays,
                    timeout=config.notify_timeout, allowlist=config.callback_allowlist, **kwargs)
 
-    @property
-    def max_attempts(self) -> int:
-        return len(self.delays)
-
-    def now(self) -> float:
-        return self._clock()
-
     def close(self) -> None:
         self._db.close()
 
-    def __enter__(self) -> DeliveryStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # -- producers ---------------------------------------------------------------------------------
-
-    def add_listener(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` after each enqueue (a worker uses this to wake up at once)."""
-        self._listeners.append(callback)
-
-    def remove_listener(self, callback: Callable[[], None]) -> None:
-        with contextlib.suppress(ValueError):
-            self._listeners.remove(callback)
 
     def enqueue(self, delivery: Delivery, *, now: float | None = None) -> str:
         """Store ``delivery`` durably and return its id. The same (subscription, event) is stored once;
@@ -288,8 +209,7 @@ class DeliveryStore:
             delivery_id = conn.execute("SELECT id FROM deliveries WHERE subscription_id = ? AND event_id = ?",
                                        (delivery.subscription_id, delivery.event_id)).fetchone()["id"]
         logger.debug("Queued delivery %s for subscription %s", delivery_id, delivery.subscription_id)
-        for callback in list(self._listeners):
-            callback()
+        self._notify_listeners()
         return delivery_id
 
     def cancel(self, subscription_id: str, *, reason: str = "subscription deleted",
@@ -311,22 +231,6 @@ class DeliveryStore:
         return cursor.rowcount
 
     # -- workers -----------------------------------------------------------------------------------
-
-    def process_one(self, now: float | None = None) -> bool:
-        """Make one due attempt, if any is due at ``now``; returns whether it did."""
-        claim = self.claim(now)
-        if claim is None:
-            return False
-        result = self._attempt(claim)
-        self.finish(claim, result, now=now)
-        return True
-
-    def run_due(self, now: float | None = None, limit: int | None = None) -> int:
-        """Make attempts until nothing is due (or ``limit`` attempts); returns how many were made."""
-        made = 0
-        while (limit is None or made < limit) and self.process_one(now):
-            made += 1
-        return made
 
     def next_due_at(self) -> float | None:
         """When the earliest pending delivery becomes due (or its lease runs out); None if none is pending."""
@@ -380,8 +284,7 @@ class DeliveryStore:
                    state: str | None = None, before: float | None = None) -> list[DeliveryRecord]:
         """The delivery log of a subscription, newest first. ``owner`` restricts it to that owner's rows;
         ``before`` (a ``created_at``) pages further back."""
-        if state is not None and state not in STATES:
-            raise ValueError(f"state must be one of {STATES}")
+        check_state(state)
         sql = "SELECT * FROM deliveries WHERE subscription_id = ?"
         params: list[Any] = [subscription_id]
         for clause, value in (("owner = ?", owner), ("state = ?", state), ("created_at < ?", before)):
@@ -389,7 +292,7 @@ class DeliveryStore:
                 sql += f" AND {clause}"
                 params.append(value)
         sql += " ORDER BY created_at DESC, id LIMIT ?"
-        params.append(max(1, min(int(limit), _MAX_LIMIT)))
+        params.append(max(1, min(int(limit), MAX_LIMIT)))
         with self._db.read() as conn:
             rows = conn.execute(sql, params).fetchall()
             attempts = self._attempts(conn, [r["id"] for r in rows])
@@ -402,16 +305,6 @@ class DeliveryStore:
         return None if row is None else _record(row, attempts.get(delivery_id, ()))
 
     # -- internals ---------------------------------------------------------------------------------
-
-    def _now(self, now: float | None) -> float:
-        return self._clock() if now is None else now
-
-    def _attempt(self, claim: Claim) -> AttemptResult:
-        try:
-            return self._transport(claim.delivery, claim.attempt)
-        except Exception as e:  # a bug in the transport must not wedge the delivery until its lease runs out
-            logger.exception("Delivery %s: transport failed unexpectedly", claim.delivery_id)
-            return AttemptResult(False, None, f"internal error: {describe_error(e)}")
 
     def _make_claim(self, conn: sqlite3.Connection, row: sqlite3.Row, now: float) -> Claim | None:
         try:
@@ -452,8 +345,8 @@ class DeliveryStore:
         for row in expired:
             logger.warning("Delivery %s: attempt %d lost (lease expired)", row["id"], row["attempts"])
             conn.execute("UPDATE attempts SET outcome = 'lost', error = ? WHERE delivery_id = ? AND number = ?"
-                         " AND outcome = 'in_flight'", (_LOST, row["id"], row["attempts"]))
-            self._settle(conn, row["id"], row["attempts"], AttemptResult(False, None, _LOST),
+                         " AND outcome = 'in_flight'", (LOST, row["id"], row["attempts"]))
+            self._settle(conn, row["id"], row["attempts"], AttemptResult(False, None, LOST),
                          row["lease_expires_at"])
 
     @staticmethod
@@ -466,20 +359,6 @@ class DeliveryStore:
             found.setdefault(a["delivery_id"], []).append(AttemptRecord(
                 a["number"], a["started_at"], a["duration"], a["status_code"], a["error"], a["outcome"]))
         return found
-
-    def _log_outcome(self, claim: Claim, result: AttemptResult) -> None:
-        url = redact_url(claim.delivery.callback_url)
-        what = result.status_code if result.error is None else result.error
-        if result.delivered:
-            logger.info("Delivery %s (subscription %s) delivered to %s on attempt %d: %s", claim.delivery_id,
-                        claim.delivery.subscription_id, url, claim.attempt, what)
-        elif claim.attempt >= self.max_attempts:
-            logger.warning("Delivery %s (subscription %s) to %s dead after %d attempts: %s", claim.delivery_id,
-                           claim.delivery.subscription_id, url, claim.attempt, what)
-        else:
-            logger.info("Delivery %s (subscription %s) attempt %d to %s failed, will retry: %s",
-                        claim.delivery_id, claim.delivery.subscription_id, claim.attempt, url, what)
-
 
 def _record(row: sqlite3.Row, attempts: Iterable[AttemptRecord]) -> DeliveryRecord:
     spec = json.loads(row["spec"])

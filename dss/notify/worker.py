@@ -1,4 +1,4 @@
-"""Background threads that drain a :class:`~dss.notify.store.DeliveryStore` (used by the embedded server).
+"""Background threads that drain a :class:`~dss.notify.queue.DeliveryQueue` (used by the embedded server).
 
 Each thread makes due attempts until none is left, then sleeps until the next due time, an enqueue on
 the same store object, or :meth:`DeliveryWorker.stop`, whichever comes first. The sleep is capped
@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 
-from dss.notify.store import DeliveryStore
+from dss.notify.queue import DeliveryQueue
 
 __all__ = ["DeliveryWorker"]
 
@@ -27,7 +27,7 @@ _MIN_SLEEP = 0.05
 
 
 class DeliveryWorker:
-    def __init__(self, store: DeliveryStore, *, threads: int = 2, max_sleep: float = 30.0,
+    def __init__(self, store: DeliveryQueue, *, threads: int = 2, max_sleep: float = 30.0,
                  name: str = "dss-notify") -> None:
         if threads < 1:
             raise ValueError("a delivery worker needs at least one thread")

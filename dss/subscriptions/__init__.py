@@ -38,7 +38,7 @@ from jmespath.exceptions import JMESPathError
 from dss.errors import Forbidden, NotFound, TooManySubscriptions
 from dss.identifiers import Replica, normalise_uuid
 from dss.index.backend import SearchIndex
-from dss.notify import AllowList, DeliveryStore, check_callback_url
+from dss.notify import AllowList, DeliveryQueue, check_callback_url
 from dss.notify.urlsafety import Resolver
 from dss.subscriptions.limits import ExpressionTooComplex, compile_expression
 from dss.subscriptions.matching import ExpressionSet
@@ -92,7 +92,7 @@ class _Snapshot:
 class SubscriptionService:
     def __init__(self, table: Table, search: SearchIndex, *, allowlist: AllowList | str | Iterable[str] | None = None,
                  limit: int = DEFAULT_LIMIT, resolver: Resolver | None = None,
-                 deliveries: DeliveryStore | None = None) -> None:
+                 deliveries: DeliveryQueue | None = None) -> None:
         self._table = table
         self._search = search
         self._allowlist = AllowList.parse(allowlist)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import jmespath
 
 from dss.identifiers import new_version
-from dss.notify import Delivery, DeliveryStore
+from dss.notify import Delivery, DeliveryQueue
 from dss.subscriptions.model import Subscription, SubscriptionType
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ def evaluate_attachments(definitions: Mapping[str, Mapping[str, str]], document:
 
 
 class Notifier:
-    def __init__(self, subscriptions: SubscriptionService, deliveries: DeliveryStore, *, api_base: str) -> None:
+    def __init__(self, subscriptions: SubscriptionService, deliveries: DeliveryQueue, *, api_base: str) -> None:
         self._subscriptions = subscriptions
         self._deliveries = deliveries
         self._api_base = api_base.rstrip("/")
