@@ -56,7 +56,7 @@ from dss.storage.blobstore import (
     staged_part_key,
 )
 
-__all__ = ["GSBlobStore", "translate_error"]
+__all__ = ["GSBlobStore", "translate_error", "configured_credentials"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def _info_from_resource(key: str, resource: Mapping[str, Any]) -> BlobInfo:
                     last_modified=_timestamp(resource.get("updated")))
 
 
-def _configured_credentials() -> tuple[google.auth.credentials.Credentials | None, str | None]:
+def configured_credentials() -> tuple[google.auth.credentials.Credentials | None, str | None]:
     """The credentials an operator configured for Google's libraries, and their project: the key file
     named by GOOGLE_APPLICATION_CREDENTIALS, else gcloud's application-default file. (None, None) if
     neither exists.
@@ -144,6 +144,18 @@ def _configured_credentials() -> tuple[google.auth.credentials.Credentials | Non
         logger.error("the configured Google credentials cannot be loaded: %s", exc)
         raise BlobAccessDenied("the Google Cloud credentials configured on the server cannot be loaded") from exc
     return None, None
+
+
+def _client_from_key(info: Mapping[str, Any], project: str | None) -> storage.Client:
+    """A client signed in with a service-account key file's contents (`gcp-credentials.json`)."""
+    from google.oauth2 import service_account
+
+    try:
+        credentials = service_account.Credentials.from_service_account_info(dict(info))
+    except (ValueError, KeyError) as exc:
+        logger.error("the gcp-credentials.json secret cannot be loaded: %s", type(exc).__name__)
+        raise BlobAccessDenied("the Google Cloud credentials configured on the server cannot be loaded") from exc
+    return storage.Client(project=project or info.get("project_id"), credentials=credentials)
 
 
 def _emulated(client: storage.Client) -> bool:
@@ -232,7 +244,9 @@ class _GSWriter(BlobWriter):
 
     def _blob(self) -> storage.Blob:
         blob = self.store.bucket_ref.blob(self.key)
-        blob.metadata = self.metadata
+        # In the resource too, not only in the session's X-Upload-Content-Type header: GCS takes either,
+        # fake-gcs-server only the resource.
+        blob.metadata, blob.content_type = self.metadata, self.content_type
         return blob
 
     def _generation_match(self) -> int | None:
@@ -374,7 +388,9 @@ class GSBlobStore(BlobStore):
         anonymous = storage.Client(project=project, credentials=google.auth.credentials.AnonymousCredentials())
         if _emulated(anonymous):
             return anonymous  # as the library itself does for an emulator, whatever else is configured
-        credentials, found_project = _configured_credentials()
+        if options.get("gcp_credentials"):  # the key from the secret store (dss.secrets: gcp-credentials.json)
+            return _client_from_key(options["gcp_credentials"], project)
+        credentials, found_project = configured_credentials()
         if credentials is None:
             raise BlobAccessDenied("no Google Cloud credentials are configured on the server "
                                    "(GOOGLE_APPLICATION_CREDENTIALS, or STORAGE_EMULATOR_HOST for an emulator)")
