@@ -24,19 +24,15 @@ for candidate in (_here / "chalicelib", _here.parent):
 from chalice import Chalice, Response  # noqa: E402
 from dss.api import create_app, load_spec  # noqa: E402
 from dss.api.system import ROOT_PATHS  # noqa: E402
-from dss.config import Config  # noqa: E402
-from dss.runtime import Runtime  # noqa: E402
+from dss.daemons import LambdaRuntime  # noqa: E402
+from dss.tracing import traced  # noqa: E402
 
-app = Chalice(app_name="dss")
+app = Chalice(app_name="dss", configure_logs=False)  # its logger "dss" is our package's: keep our levels
 _METHODS = ("get", "put", "post", "patch", "delete", "head")
 _built: dict[str, Any] = {}
-
-
-def _runtime() -> Runtime:
-    """Built once per cold start: configuration from the Lambda environment, clients created once."""
-    if "runtime" not in _built:
-        _built["runtime"] = Runtime(Config.from_env(os.environ))
-    return _built["runtime"]
+# Built once per cold start (as the daemons' are): configuration from the Lambda environment, logging and
+# X-Ray set up before any client is made, clients created once.
+_runtime = LambdaRuntime(os.environ)
 
 
 def _application() -> Any:
@@ -86,7 +82,9 @@ def _dispatch() -> Response:
     request = app.current_request
     body = request.raw_body or b""
     scope = _scope(request.to_original_event(), request, body)
-    status, raw_headers, body = asyncio.run(_call(_application(), scope, body))
+    application = _application()
+    with traced("dss-api", method=scope["method"], url=scope["path"]):
+        status, raw_headers, body = asyncio.run(_call(application, scope, body))
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw_headers if k.lower() != b"content-length"}
     return Response(body=body.decode("utf-8", errors="replace"), status_code=status, headers=headers)
 
