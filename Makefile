@@ -10,8 +10,13 @@ DBIO_VENV := .venv-dbio
 NODE_TOOLS := .node-tools
 OPENSEARCH := .opensearch/opensearch-2.19.6
 PYTEST_ARGS ?=
+CHECKOV_VENV := .venv-checkov
+# The Lambdas' dependency layer, cached by the hash of the lock file (scripts/package.py layer_zip()).
+LAMBDA_LAYER := .lambda-layer/$(shell sha256sum requirements.txt 2>/dev/null | cut -c1-16)/layer.zip
+STAGE ?= $(or $(DSS_DEPLOYMENT_STAGE),dev)
 
-.PHONY: run test lint unit bench bench-quick fuzz lock clean hca-client opensearch dbio-client browser
+.PHONY: run test lint unit bench bench-quick fuzz lock clean hca-client opensearch dbio-client browser \
+	lambda-layer package plan-infra deploy-infra deploy destroy
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -67,20 +72,33 @@ $(NODE_TOOLS)/.browser: $(NODE_TOOLS)/.installed
 
 browser: $(NODE_TOOLS)/.browser
 
+# The Google Cloud Pub/Sub emulator, for the GCS object-event tests (tests/infra/gcs_events.py; fake-gcs-server
+# itself comes with requirements-dev.txt): Debian's google-cloud-cli-pubsub-emulator, a Java program. Its apt
+# source is disabled on these machines, so where it is missing this says so and stops.
+PUBSUB_EMULATOR_DEB := google-cloud-cli-pubsub-emulator
+.PHONY: pubsub-emulator
+pubsub-emulator:
+	@command -v java >/dev/null || (apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless)
+	@dpkg -s $(PUBSUB_EMULATOR_DEB) >/dev/null 2>&1 || command -v cloud-pubsub-emulator >/dev/null || \
+		apt-get install -y -qq $(PUBSUB_EMULATOR_DEB) >/dev/null 2>&1 || { \
+		echo "make: the Google Cloud Pub/Sub emulator is missing: the GCS event tests need the Debian package" \
+			"$(PUBSUB_EMULATOR_DEB) (Google Cloud SDK apt source, disabled on these machines) or" \
+			"cloud-pubsub-emulator on the PATH. See README, Tests and benchmarks." >&2; exit 1; }
+
 run: $(VENV)/.installed
 	mkdir -p staging
 	. ./environment && exec $(BIN)/python dss-api
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check dss chalice scripts tests benchmarks dss-api
+	$(BIN)/ruff check dss chalice daemons scripts tests benchmarks dss-api
 	$(BIN)/mypy
 
 test: $(VENV)/.installed $(HCA_VENV)/.installed $(DBIO_VENV)/.installed $(NODE_TOOLS)/.installed \
-		$(NODE_TOOLS)/.browser $(OPENSEARCH)/.installed lint
+		$(NODE_TOOLS)/.browser $(OPENSEARCH)/.installed $(CHECKOV_VENV)/.installed $(LAMBDA_LAYER) pubsub-emulator lint
 	DSS_HCA_BIN=$(abspath $(HCA_VENV))/bin/hca DSS_DBIO_BIN=$(abspath $(DBIO_VENV))/bin/dbio \
 		$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-unit: $(VENV)/.installed $(NODE_TOOLS)/.installed $(OPENSEARCH)/.installed
+unit: $(VENV)/.installed $(NODE_TOOLS)/.installed $(OPENSEARCH)/.installed pubsub-emulator
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed $(OPENSEARCH)/.installed
@@ -109,5 +127,33 @@ lock:
 	/tmp/dss-lock/bin/pip install --quiet -r requirements-dev.txt.in
 	/tmp/dss-lock/bin/pip freeze --all --exclude pip --exclude setuptools --exclude wheel > requirements-dev.txt
 
+# checkov, for make package's checks, in its own virtualenv: it pins boto3 exactly, which .venv cannot share.
+$(CHECKOV_VENV)/.installed: requirements-checkov.txt
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade "pip<26.3"
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r requirements-checkov.txt
+	touch $@
+
+# The runtime dependencies built for Lambda (manylinux x86_64, CPython 3.11) as one layer: set-up time, with
+# network, like the virtualenvs; make package then needs none.
+$(LAMBDA_LAYER): requirements.txt | $(VENV)/.installed
+	$(BIN)/python scripts/package.py layer
+
+lambda-layer: $(LAMBDA_LAYER)
+
+# Every Lambda artifact of STAGE (default: DSS_DEPLOYMENT_STAGE, else dev) into dist/STAGE, then the offline
+# checks: terraform fmt and validate, code <-> infrastructure <-> policy consistency, checkov, parliament,
+# ASL, package sizes. No network, no credentials.
+package: $(VENV)/.installed $(CHECKOV_VENV)/.installed $(NODE_TOOLS)/.installed $(LAMBDA_LAYER)
+	$(BIN)/python scripts/package.py --stage $(STAGE)
+	$(BIN)/python scripts/check_package.py --stage $(STAGE)
+
+# With AWS and GCP credentials (scripts/deploy.py; without them each stops at once): plan or apply infra/,
+# then `deploy` packages, applies the Lambdas, pushes their environment, checks the secrets and smoke-tests
+# the stage. `destroy` only for a test stage.
+plan-infra deploy-infra deploy destroy: $(VENV)/.installed $(CHECKOV_VENV)/.installed $(NODE_TOOLS)/.installed \
+		$(LAMBDA_LAYER)
+	$(BIN)/python scripts/deploy.py $@ --stage $(STAGE)
+
 clean:
-	rm -rf $(VENV) $(HCA_VENV) $(DBIO_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(HCA_VENV) $(DBIO_VENV) $(CHECKOV_VENV) .lambda-layer dist .pytest_cache .mypy_cache .ruff_cache

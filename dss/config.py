@@ -84,6 +84,19 @@ def _workflows_url(raw: str | None) -> str:
     return url
 
 
+def _secrets_url(raw: str | None) -> str:
+    """DSS_SECRETS_URL: empty (files in the data directory) or secretsmanager://<prefix> (dss.secrets)."""
+    from dss.secrets import secret_prefix
+
+    url = (raw or "").strip()
+    if url:
+        try:
+            secret_prefix(url, stage="check")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    return url
+
+
 def _queue_url(raw: str | None, data_dir: Path) -> str:
     """DSS_QUEUE_URL: sqlite://<path> (the default) or an SNS/SQS bus, checked here (dss.events.sqs)."""
     url = (raw or "").strip() or f"sqlite://{data_dir / 'queue.sqlite3'}"
@@ -203,6 +216,13 @@ class Config:
     notify_delays: tuple[int, ...] = DEFAULT_NOTIFY_DELAYS
     notify_timeout: float = 60.0
     callback_allowlist: tuple[str, ...] = ()
+    # where keys and credentials are kept: "" (files in DSS_DATA_DIR/auth) or "secretsmanager://<prefix>"
+    # (dss.secrets); and whether the Lambdas trace with AWS X-Ray (dss.tracing)
+    secrets_url: str = ""
+    xray_trace: bool = False
+    # the Pub/Sub subscription the GCS event relay pulls (dss.events.gcs_relay): "" is
+    # dss-gs-events-<stage>-relay in the project of the GCP credentials; a bare name, or projects/<p>/subscriptions/<s>
+    gcs_events_subscription: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, cwd: Path | None = None) -> Config:
@@ -269,6 +289,9 @@ class Config:
             notify_delays=tuple(int(d) for d in _csv(delays)) if delays else DEFAULT_NOTIFY_DELAYS,
             notify_timeout=_float(env, "DSS_NOTIFY_TIMEOUT", 60.0),
             callback_allowlist=_networks(_csv(env.get("DSS_CALLBACK_ALLOWLIST"))),
+            secrets_url=_secrets_url(env.get("DSS_SECRETS_URL")),
+            xray_trace=_flag(env.get("DSS_XRAY_TRACE")),
+            gcs_events_subscription=(env.get("DSS_GCS_EVENTS_SUBSCRIPTION") or "").strip(),
         )
 
     def identity_providers(self) -> tuple[IdentityProvider, ...]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -44,7 +43,8 @@ from dss.files.sources import SourceResolver
 from dss.index.backend import open_search_index
 from dss.journal import EventJournal
 from dss.journal.compactor import JournalCompactor
-from dss.notify import DeliveryStore, DeliveryWorker
+from dss.notify import DeliveryWorker, open_delivery_store
+from dss.secrets import ServerSecrets
 from dss.storage.blobstore import BlobStoreFactory
 from dss.storage.replicas import Replicas
 from dss.subscriptions import SubscriptionService
@@ -59,24 +59,16 @@ __all__ = ["Runtime"]
 logger = logging.getLogger(__name__)
 
 
-def _signing_secret(data_dir: Path) -> bytes:
-    """The local store's URL-signing key, kept (0600) in the data directory across restarts."""
-    path = data_dir / "auth" / "url-signing.key"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_hex(32))
-    return bytes.fromhex(path.read_text().strip())
-
-
 class Runtime:
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self.created = time.time()
+    def __init__(self, config: Config, secrets: ServerSecrets | None = None) -> None:
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.factory = BlobStoreFactory(signing_secret=_signing_secret(config.data_dir))
+        # Keys and credentials, read once per process (a Lambda's cold start) from DSS_SECRETS_URL's store
+        self.secrets = secrets if secrets is not None else ServerSecrets.load(config)
+        self.config = config = self.secrets.configure(config)
+        self.created = time.time()
+        self.factory = BlobStoreFactory(**self.secrets.store_options())
         self.replicas = Replicas(self.factory, config.replica_urls)
-        self.keys = KeyStore(config.data_dir / "auth")
+        self.keys = KeyStore(self.secrets.store)
         self.authenticator = Authenticator(config, self.keys)
         self.search = open_search_index(config.search_url, stage=config.stage,
                                         refresh_writes=config.search_refresh_writes,
@@ -84,7 +76,8 @@ class Runtime:
         self.tables = Tables(config.tables_url, prefix=f"dss-{config.stage}-")
         self.subscription_table = self.tables("subscriptions")
         self.owners = Ownership(self.tables("owners"), config.admin_emails)
-        self.deliveries = DeliveryStore.from_config(config, config.data_dir / "deliveries.sqlite3")
+        # SQLite under data_dir, or the DynamoDB table dss-<stage>-deliveries with DSS_TABLES_URL=dynamodb://
+        self.deliveries = open_delivery_store(config)
         self.delivery_worker = DeliveryWorker(self.deliveries)
         self.subscriptions = SubscriptionService(self.subscription_table, self.search,
                                                  allowlist=config.callback_allowlist, deliveries=self.deliveries)
@@ -97,7 +90,7 @@ class Runtime:
             self.workflows = StepFunctionsWorkflows.from_url(config.workflows_url, config.stage)
         else:
             self.workflows = Workflows(config.workflow_journal or config.data_dir / "workflows.sqlite3",
-                                       self._task_context, threads=config.workflow_threads,
+                                       self.task_context, threads=config.workflow_threads,
                                        task_budget=config.workflow_task_budget)
         self.files = FileService(self.replicas, SourceResolver(self.factory, config.staging_roots, config.data_dir),
                                  self.bus, config.data_dir / "spool", workflows=self.workflows,
@@ -118,7 +111,7 @@ class Runtime:
             "index": IndexHandler(self.replicas, self.search, config.bundle_manifest_index_limit, self.notifier),
             "journal": JournalHandler(self.replicas, self.journals, config.bundle_manifest_index_limit),
         }
-        self.workers = EventWorkers(self.bus, self.handlers, threads=config.workers, exists=self._exists)
+        self.workers = EventWorkers(self.bus, self.handlers, threads=config.workers, exists=self.exists)
         self.reconciler = ReconcileLoop(self._reconcile, config.data_dir / "reconcile.json",
                                         config.reconcile_interval, started=self.created)
         self._started = False
@@ -149,11 +142,13 @@ class Runtime:
         self.deliveries.close()
         self.workflows.close()
 
-    def _task_context(self) -> TaskContext:
-        """What workflow tasks are given (built when this process becomes the workflows' owner)."""
+    def task_context(self) -> TaskContext:
+        """What workflow tasks are given (built when this process becomes the workflows' owner, or in a
+        task Lambda's first invocation)."""
         return TaskContext(stores=self.factory, tables=self.tables, files=self.files)
 
-    def _exists(self, event: Event) -> bool:
+    def exists(self, event: Event) -> bool:
+        """Whether the key an event names exists in its replica (an intent's write happened)."""
         return self.replicas[event.replica].exists(event.key)
 
     def _reconcile(self, cancelled: Callable[[], bool]) -> Mapping[str, Any]:
@@ -179,6 +174,8 @@ class Runtime:
 
     def application_secrets(self, base_url: str) -> dict:
         """The OAuth client document the hca client reads (`installed.client_id`); public by design."""
+        if self.secrets.application_secrets is not None:  # the secret store's application-secrets.json
+            return dict(self.secrets.application_secrets)
         if self.config.application_secrets:
             return json.loads(Path(self.config.application_secrets).read_text())
         return {"installed": {"client_id": "dss-local", "project_id": "dss", "redirect_uris": [base_url]}}

@@ -6,11 +6,14 @@ pytest_plugins = [
     "tests.infra.dss_server",
     "tests.infra.receivers",
     "tests.infra.opensearch",
+    "tests.infra.gcs_events",
+    "tests.infra.delivery_stores",
+    "tests.infra.lambda_runtime",
 ]
 
 # Variables a developer's shell may carry that would change what the code under test talks to.
 _ISOLATED = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "STORAGE_EMULATOR_HOST", "AWS_PROFILE",
-             "GOOGLE_APPLICATION_CREDENTIALS")
+             "GOOGLE_APPLICATION_CREDENTIALS", "PUBSUB_EMULATOR_HOST")
 
 
 @pytest.fixture(autouse=True)

@@ -168,17 +168,24 @@ def _announce(url: str) -> None:
     os.close(devnull)
 
 
+_DYNAMODB_WRITES = frozenset(f"DynamoDB_20120810.{operation}" for operation in (
+    "PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"))
+
+
 def _serialise_conditional_writes(app: Callable) -> Callable:
     """Make moto's conditional writes atomic, as they are on S3.
 
     moto checks `If-None-Match: *` and then stores the object in two separate steps while serving
     requests on many threads, so two racing creates can both pass the check. Holding one lock around
     every PUT/POST that carries a precondition closes that window; other requests run as before.
+    DynamoDB's writes (whose conditions are in the body) get the same lock: moto evaluates a
+    `ConditionExpression` and then applies the update in separate steps too.
     """
     lock = threading.Lock()
 
     def guarded(environ: dict, start_response: Callable) -> Iterable[bytes]:
         conditional = "HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MATCH" in environ
+        conditional |= environ.get("HTTP_X_AMZ_TARGET", "") in _DYNAMODB_WRITES
         if conditional and environ.get("REQUEST_METHOD") in ("PUT", "POST"):
             with lock:
                 return list(app(environ, start_response))
