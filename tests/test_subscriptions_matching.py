@@ -138,12 +138,13 @@ def test_a_parse_cache_is_filled_and_reused() -> None:
     "files.project_json[0].project_core.project_short_name == 'project-{i}' || uuid == 'b{i}'",
     "contains(files.sample_json[].organ.text, 'organ-{i}')",
 ])
-def test_ten_thousand_subscriptions_match_one_bundle(template: str) -> None:
-    """Exactly the one subscription; how fast is measured by `make bench` (bench_search.py)."""
-    expressions = ExpressionSet((i, template.format(i=i)) for i in range(10_000))
+def test_thousands_of_subscriptions_match_one_bundle(template: str) -> None:
+    """Exactly the one subscription (of 2,000: the naive evaluation that checks it is the slow part); how fast
+    10,000 are matched is measured by `make bench` (bench_search.py)."""
+    expressions = ExpressionSet((i, template.format(i=i)) for i in range(2_000))
     document = dict(DOCUMENTS[0])
     document["files"] = dict(document["files"],
                              project_json=[{"project_core": {"project_short_name": "project-42"}}],
                              sample_json=[{"organ": {"text": "organ-42"}}, {"organ": {"text": "brain"}}])
-    expected = [i for i in range(10_000) if jmespath.search(template.format(i=i), document)]
+    expected = [i for i in range(2_000) if jmespath.search(template.format(i=i), document)]
     assert 42 in expected and sorted(expressions.matching(document)) == expected

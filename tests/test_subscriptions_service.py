@@ -264,8 +264,8 @@ def test_a_failed_store_rolls_the_percolator_query_back(tmp_path: Path, search: 
     assert search.percolate("aws", bundle_document()) == []
 
 
-def test_matching_ten_thousand_stored_subscriptions(table: Table, search: SearchIndex) -> None:
-    for i in range(10_000):
+def test_matching_thousands_of_stored_subscriptions(table: Table, search: SearchIndex) -> None:
+    for i in range(2_000):  # the speed at 10,000 is measured by `make bench`
         subscription = Subscription(
             uuid=str(uuid.uuid4()), owner=f"user{i % 500}@example.org", replica="aws",
             subscription_type=SubscriptionType.jmespath, callback_url="http://127.0.0.1:9/",
