@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
+import selectors
 import subprocess
 import sys
 import threading
@@ -37,7 +37,9 @@ STORE_OPTIONS: dict[str, Any] = {"signing_secret": b"test-secret", "name": "test
 # --- parent side: start, wait for, stop ---------------------------------------------------------
 def _read_url(process: subprocess.Popen, log_path: Path) -> str:
     assert process.stdout is not None
-    ready, _, _ = select.select([process.stdout], [], [], _STARTUP_TIMEOUT)
+    with selectors.DefaultSelector() as selector:  # not select.select: a busy test process may hold fds ≥ 1024
+        selector.register(process.stdout, selectors.EVENT_READ)
+        ready = selector.select(_STARTUP_TIMEOUT)
     line = process.stdout.readline().decode().strip() if ready else ""
     if not line.startswith("http://"):
         process.kill()
