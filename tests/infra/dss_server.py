@@ -76,6 +76,7 @@ class DSSServer:
             assert self._thread is not None
             self._thread.join(10)
             self._server = None
+            self.runtime.close()  # its connections and files: a long test run must not pile them up
 
 
 def start_server(env: Mapping[str, str], port: int | None = None) -> DSSServer:
@@ -117,10 +118,10 @@ def dss_process_factory(tmp_path: Path):
     processes: list[subprocess.Popen] = []
 
     def start(env: Mapping[str, str], port: int) -> subprocess.Popen:
-        log = open(tmp_path / f"server-{len(processes)}.log", "wb")
-        process = subprocess.Popen([sys.executable, str(REPO / "dss-api")],
-                                   env={**os.environ, **env, "DSS_PORT": str(port)}, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        with open(tmp_path / f"server-{len(processes)}.log", "wb") as log:
+            process = subprocess.Popen([sys.executable, str(REPO / "dss-api")],
+                                       env={**os.environ, **env, "DSS_PORT": str(port)}, stdout=log,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
         processes.append(process)
         wait_for(f"http://127.0.0.1:{port}/version", process=process)
         return process
