@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from dss.config import Config, ConfigError  # noqa: E402
 from dss.deploy import definitions as defs  # noqa: E402
+from dss.events import s3_events  # noqa: E402
 from dss.events.sqs import parse_queue_url, resources  # noqa: E402
 from dss.notify.dynamodb import TABLE as DELIVERIES_TABLE  # noqa: E402
 from dss.ops import environment_parameter  # noqa: E402
@@ -125,6 +126,8 @@ def check_validate(infra: Path = INFRA) -> str:
 class Uses:
     """Every resource name the code uses for one stage, each derived from the code itself."""
     topic: str
+    sources: list[str]  # topics every handler queue takes unfiltered: the S3 events topic
+    s3_events: dict[str, Any]  # the aws replica's notification: topic, event types (dss.events.s3_events)
     queues: dict[str, dict[str, Any]]  # by handler, as dss.events.sqs.resources() describes them
     tables: set[str]  # table names as the code opens them (without the dss-<stage>- prefix)
     state_machines: dict[str, str]  # workflow -> state machine name
@@ -166,8 +169,14 @@ def config_variables(config_py: Path = ROOT / "dss" / "config.py") -> set[str]:
 
 
 def event_handlers(runtime_py: Path = ROOT / "dss" / "runtime.py") -> list[str]:
-    """The keys of the `self.handlers` dict that `Runtime` builds (the handlers on the event bus)."""
-    for node in ast.walk(ast.parse(runtime_py.read_text())):
+    """The handlers on the event bus: the module constant `HANDLERS = ("sync", …)` of dss/runtime.py, else the
+    keys of the `self.handlers` dict that `Runtime` builds."""
+    tree = ast.parse(runtime_py.read_text())
+    for statement in tree.body:
+        if isinstance(statement, ast.Assign) and isinstance(statement.value, (ast.Tuple, ast.List)) and \
+                any(isinstance(t, ast.Name) and t.id == "HANDLERS" for t in statement.targets):
+            return [str(e.value) for e in statement.value.elts if isinstance(e, ast.Constant)]
+    for node in ast.walk(tree):
         target: ast.expr
         if isinstance(node, ast.AnnAssign):
             target, value = node.target, node.value
@@ -177,7 +186,7 @@ def event_handlers(runtime_py: Path = ROOT / "dss" / "runtime.py") -> list[str]:
             continue
         if isinstance(target, ast.Attribute) and target.attr == "handlers" and isinstance(value, ast.Dict):
             return [str(k.value) for k in value.keys if isinstance(k, ast.Constant)]
-    raise CheckFailed(f"no `self.handlers = {{...}}` in {runtime_py}")
+    raise CheckFailed(f"neither `HANDLERS = (...)` nor `self.handlers = {{...}}` in {runtime_py}")
 
 
 def packaged_lambdas(stage_dir: Path) -> dict[str, dict[str, Any]]:
@@ -206,10 +215,11 @@ def packaged_lambdas(stage_dir: Path) -> dict[str, dict[str, Any]]:
 
 def code_uses(stage: str, settings: Mapping[str, str], stage_dir: Path) -> Uses:
     bus = parse_queue_url(settings.get("DSS_QUEUE_URL") or "sns://", stage)
-    described = resources(bus, event_handlers())
+    described = resources(bus, event_handlers(), sources=[s3_events.topic_name(stage)])
     workflows = workflow_definitions.names()
     return Uses(
-        topic=described["topic"], queues=described["queues"], tables=table_names(),
+        topic=described["topic"], sources=described["sources"], queues=described["queues"], tables=table_names(),
+        s3_events={"topic": s3_events.topic_name(stage), "events": list(s3_events.EVENT_TYPES)},
         state_machines={workflow: state_machine_name(stage, workflow) for workflow in workflows},
         tasks=set().union(*(task_names(workflow_definitions.load(w)) for w in workflows)),
         registry_tasks=set(default_registry().names()),
@@ -353,6 +363,15 @@ def consistency_problems(definitions: defs.Definitions, uses: Uses, policies: Ma
     prefix = f"dss-{definitions.stage}-"
     if uses.topic != definitions.topic:
         problems.append(f"topic: the code publishes to {uses.topic!r}, infra/definitions defines {definitions.topic!r}")
+    if uses.sources != definitions.bus_resources()["sources"]:
+        problems.append(f"bus sources: the code subscribes the queues to {uses.sources}, "
+                        f"infra/definitions to {definitions.bus_resources()['sources']}")
+    s3_defined = {k: definitions.s3_events.get(k) for k in ("topic", "events")}
+    if uses.s3_events != s3_defined:
+        problems.append(f"S3 events: the code says {uses.s3_events}, infra/definitions {s3_defined}")
+    if definitions.s3_events.get("bucket") != definitions.bucket("aws_replica"):
+        problems.append(f"S3 events: the notifying bucket {definitions.s3_events.get('bucket')!r} is not the aws "
+                        f"replica {definitions.bucket('aws_replica')!r}")
     queue_keys = ("name", "dead_letter_queue", "max_receive_count", "visibility_timeout")
     compare("queue", {h: {k: q[k] for k in queue_keys} for h, q in uses.queues.items()},
             {h: {k: q.get(k) for k in queue_keys} for h, q in definitions.queues.items()})
@@ -433,7 +452,7 @@ def _stale_grants(definitions: defs.Definitions, policies: Mapping[str, Mapping[
     defined = {
         "dynamodb": {t["name"] for t in definitions.tables.values()},
         "sqs": {q[k] for q in definitions.queues.values() for k in ("name", "dead_letter_queue")},
-        "sns": {definitions.topic},
+        "sns": {definitions.topic, definitions.s3_events["topic"]},
         "states": {m["name"] for m in definitions.state_machines.values()},
         "secretsmanager": set(definitions.secrets.values()),
         "lambda": {fn["name"] for fn in definitions.lambdas.values()},
@@ -461,7 +480,8 @@ def check_consistency(stage_dir: Path, definitions: defs.Definitions | None = No
     problems = consistency_problems(definitions, uses, policies, settings)
     if problems:
         raise CheckFailed("\n".join(problems))
-    return (f"code ↔ infra/definitions ↔ policies: topic, {len(uses.queues)} queues + DLQs, {len(uses.tables)} tables, "
+    return (f"code ↔ infra/definitions ↔ policies: topic, S3 events topic, {len(uses.queues)} queues + DLQs, "
+            f"{len(uses.tables)} tables, "
             f"{len(uses.state_machines)} state machines, {len(uses.lambdas)} Lambdas, {len(uses.secrets)} secrets, "
             f"{len(uses.ssm_parameters)} SSM parameter, {len(definitions.environment)} environment variables, "
             f"{len(definitions.buckets)} buckets, {len(policies)} policies")

@@ -10,7 +10,9 @@ aws → gcp: `hca dss upload` (small files and a 300 MiB file on the 202 path: a
 the sync Lambda (the big blob through the sync-large-blob state machine) → GCS; the index Lambda → OpenSearch →
 a signed webhook from the notify Lambda; a bundle checkout (Step Functions) → `hca dss download` from `gcp`,
 byte-identical. gcp → aws: an object written to the gcp bucket → fake-gcs-server's notification → Pub/Sub →
-the gs-event-relay Lambda → SNS/SQS → the sync Lambda → S3.
+the gs-event-relay Lambda → SNS/SQS → the sync Lambda → S3. Behind the server's back on aws: a blob and its
+file metadata put straight into the S3 bucket → moto's bucket notification → the S3 events topic → SQS → the
+sync Lambda → GCS.
 
 The scheduled Lambdas (notify, gs-event-relay) are invoked by the test, as EventBridge would invoke them.
 """
@@ -21,6 +23,7 @@ import json
 import os
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +35,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from dss.checksums import checksum_stream
+from dss.files import FILE_FORMAT
+from dss.identifiers import new_version
 from tests.infra.dss_server import REPO
 from tests.infra.gcs_events import GCSEventServers, gcs_event_servers
 from tests.infra.lambda_runtime import aws_environment, proxy_event
@@ -257,6 +262,31 @@ def test_a_write_to_the_gcp_bucket_reaches_s3_through_pubsub_and_the_relay(cloud
 
     wait_until(in_s3, "the gcp write's replication to S3 through the relay", cloud, step=relay)
     assert "GCS event relay" in deployment.harness.log(deployment.function("gs-event-relay"))
+
+
+def test_a_write_behind_the_server_back_to_s3_reaches_gcp_through_s3_events(cloud: Cloud) -> None:
+    """A blob and its file metadata put straight into the aws replica's bucket (as an operator's copy or a
+    restore would) → the bucket notification → the S3 events topic → SQS → the sync Lambda → GCS,
+    byte-identical, with no reconcile pass (the scheduled Lambda is never invoked here)."""
+    deployment = cloud.deployment
+    data = os.urandom(48 * 1024)
+    sums = checksum_stream(io.BytesIO(data), len(data))
+    version = new_version()
+    file_key = f"files/{uuid.uuid4()}.{version}"
+    metadata = json.dumps({"format": FILE_FORMAT, "creator_uid": 0, "version": version,
+                           "content-type": "application/octet-stream", "size": len(data), "crc32c": sums.crc32c,
+                           "s3-etag": sums.s3_etag, "sha1": sums.sha1, "sha256": sums.sha256}).encode()
+    s3, bucket = deployment.harness.client("s3"), deployment.bucket("aws_replica")
+    s3.put_object(Bucket=bucket, Key=str(sums.blob_key), Body=data, ContentType="application/octet-stream")
+    s3.put_object(Bucket=bucket, Key=file_key, Body=metadata, ContentType="application/json")
+    gcp = cloud.storage.bucket(deployment.bucket("gcp_replica"))
+
+    def in_gcs(key: str) -> bytes | None:
+        blob = gcp.get_blob(key)
+        return None if blob is None else blob.download_as_bytes()
+
+    assert wait_until(lambda: in_gcs(file_key), "the file's replication to gcp through S3 events", cloud) == metadata
+    assert in_gcs(str(sums.blob_key)) == data  # the sync handler copies a file's blob before the file
 
 
 def test_the_api_lambda_answers_an_api_gateway_event_in_a_fresh_process(cloud: Cloud) -> None:

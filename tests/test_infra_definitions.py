@@ -12,7 +12,7 @@ import pytest
 
 from dss.deploy import definitions as deploy
 from dss.deploy import policies
-from dss.events import gcs_relay
+from dss.events import gcs_relay, s3_events
 from dss.events.sqs import bus_name, parse_queue_url, resources
 from dss.workflows import definitions as workflow_definitions
 from dss.workflows.binding import task_names
@@ -29,7 +29,10 @@ def test_names_match_the_code(stage: str) -> None:
     d = deploy.load(stage)
     assert d.stage == stage
     assert d.topic == bus_name(stage)
-    assert d.bus_resources() == resources(parse_queue_url("sns://", stage), ("sync", "index", "journal"))
+    assert d.bus_resources() == resources(parse_queue_url("sns://", stage), ("sync", "index", "journal"),
+                                          sources=[s3_events.topic_name(stage)])
+    assert d.s3_events == {"topic": s3_events.topic_name(stage), "bucket": d.bucket("aws_replica"),
+                           "events": list(s3_events.EVENT_TYPES)}
     assert d.task_function_prefix == task_function_prefix(stage)
     assert {w: m["name"] for w, m in d.state_machines.items()} == {
         w: state_machine_name(stage, w) for w in workflow_definitions.names()}
@@ -99,7 +102,8 @@ def test_settings_reach_the_definitions() -> None:
     assert d.bucket("gcp_replica") == "dss-lab-replica"
     assert d.buckets["gcp_checkout"]["expiration_days"] == 7 and d.buckets["aws_replica"]["expiration_days"] == 0
     assert d.bus_resources() == resources(parse_queue_url(settings["DSS_QUEUE_URL"], "lab"),
-                                          ("sync", "index", "journal"))
+                                          ("sync", "index", "journal"), sources=["dss-s3-events-lab"])
+    assert d.s3_events["bucket"] == "lab-replica"
     assert d.pubsub["bucket"] == "dss-lab-replica"
     assert deploy.load("lab", settings) is d  # cached per (stage, settings)
 
@@ -188,7 +192,8 @@ def test_policies_name_only_defined_resources() -> None:
     """Every named resource a policy grants on is one the definitions create (or a Lambda's log group)."""
     d = deploy.load("dev")
     names = {"sqs": {q[k] for q in d.queues.values() for k in ("name", "dead_letter_queue")},
-             "sns": {d.topic}, "s3": {b["name"] for b in d.buckets.values() if b["cloud"] == "aws"},
+             "sns": {d.topic, d.s3_events["topic"]},
+             "s3": {b["name"] for b in d.buckets.values() if b["cloud"] == "aws"},
              "dynamodb": {t["name"] for t in d.tables.values()},
              "states": {m["name"] for m in d.state_machines.values()},
              "secretsmanager": set(d.secrets.values()), "es": {d.search["domain"]}}

@@ -133,6 +133,14 @@ def test_consistency_fails_when_a_queue_handler_is_removed_from_the_terraform(di
     assert "Lambda 'dss-dev-journal'" in done.stdout  # the packaged journal daemon has no definition either
 
 
+def test_consistency_fails_when_the_s3_events_topic_differs_from_the_code(dist: Path, tmp_path: Path) -> None:
+    infra = _copy_infra(tmp_path, r'"dss-s3-events-\$\{var.stage\}"', '"dss-s3-notices-${var.stage}"')
+    done = _checks(dist, "--only", "consistency", "--infra", infra)
+    assert done.returncode == 1
+    assert "S3 events: the code says {'topic': 'dss-s3-events-dev'" in done.stdout
+    assert "bus sources: the code subscribes the queues to ['dss-s3-events-dev']" in done.stdout
+
+
 def test_consistency_fails_when_a_resource_is_defined_but_unused(dist: Path, tmp_path: Path) -> None:
     infra = _copy_infra(tmp_path, r'"deliveries"\]', '"deliveries", "forgotten"]')
     done = _checks(dist, "--only", "consistency", "--infra", infra)

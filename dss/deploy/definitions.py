@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dss.events.s3_events import provision_notification
 from dss.events.sqs import provision as provision_bus
 from dss.workflows.binding import lambda_arns
 from dss.workflows.definitions import DEFINITIONS_DIR
@@ -67,6 +68,7 @@ class Definitions:
     buckets: dict[str, dict[str, Any]]
     topic: str
     queues: dict[str, dict[str, Any]]
+    s3_events: dict[str, Any]
     pubsub: dict[str, Any]
     tables: dict[str, dict[str, str]]
     state_machines: dict[str, dict[str, Any]]
@@ -83,8 +85,9 @@ class Definitions:
         return cls(**{name: outputs[name]["value"] for name in cls.__dataclass_fields__})
 
     def bus_resources(self) -> dict[str, Any]:
-        """The event bus in the shape of `dss.events.sqs.resources()`, for `dss.events.sqs.provision()`."""
-        return {"topic": self.topic, "queues": self.queues}
+        """The event bus in the shape of `dss.events.sqs.resources()`, for `dss.events.sqs.provision()`: the
+        S3 events topic is a source of every handler queue."""
+        return {"topic": self.topic, "sources": [self.s3_events["topic"]], "queues": self.queues}
 
     def bucket(self, key: str) -> str:
         """The bucket name of `aws_replica`, `gcp_replica`, `aws_checkout` or `gcp_checkout`."""
@@ -160,8 +163,10 @@ def provision_emulators(definitions: Definitions, endpoint: str | None = None, *
     `environment` is added to `definitions.environment` in the SSM parameter. The Pub/Sub project is the
     definitions' (`DSS_GCP_PROJECT`), else `gcp_project`. `gcs_notification` also creates the replica
     bucket's Pub/Sub notification through `storage` (for an emulator that has notification configs;
-    fake-gcs-server takes its topic from its command line instead). Returns what was made: the topic ARN
-    and queue URLs by name (`dss.events.sqs.provision`), `state_machines` by workflow, and `pubsub`."""
+    fake-gcs-server takes its topic from its command line instead). The aws replica bucket's notification
+    sends its object events to the S3 events topic (moto delivers them through SNS to the queues). Returns
+    what was made: the topic ARNs and queue URLs by name (`dss.events.sqs.provision`), `state_machines` by
+    workflow, and `pubsub`."""
     import boto3
 
     session = boto3.session.Session(region_name=region)
@@ -171,6 +176,8 @@ def provision_emulators(definitions: Definitions, endpoint: str | None = None, *
 
     made: dict[str, Any] = dict(provision_bus(definitions.bus_resources(), client("sns"), client("sqs")))
     _buckets(client("s3"), definitions, region)
+    provision_notification(client("s3"), client("sns"), definitions.s3_events["bucket"],
+                           made[definitions.s3_events["topic"]], definitions.s3_events["events"])
     _tables(client("dynamodb"), definitions)
     _secrets(client("secretsmanager"), definitions, secrets or {})
     client("ssm").put_parameter(Name=definitions.ssm_parameters["environment"], Type="String", Overwrite=True,

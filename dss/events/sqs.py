@@ -13,7 +13,11 @@ Selected by `DSS_QUEUE_URL`:
   properties of the queues, so they matter where the queues are made: `resources()` → `provision()`
   (tests, and the description Terraform is generated from or checked against).
 
-Messages are the `Event` JSON (`{"replica", "key", "action"}`), plus `"intent": true` on intents. A daemon
+Messages are the `Event` JSON (`{"replica", "key", "action"}`), plus `"intent": true` on intents, or S3's
+object events of the `aws` replica's bucket (`dss.events.s3_events`): the bucket notifies its own topic
+(`resources(…, sources=…)`), every handler queue is subscribed to it without a filter, and one such message
+may hold several records, each an `Event` for the handler. A body that cannot be decoded is logged and
+dropped: delivering it again could never succeed. A daemon
 Lambda with an SQS trigger calls `SQSEventBus.handle(handler_name, handler, lambda_event)`: each record is
 decoded back into its `Event` and given to the handler; a handler that raises is reported in
 `batchItemFailures` (the Lambda partial-batch response), so SQS delivers it again after the visibility
@@ -31,7 +35,9 @@ or was withdrawn). So a writer killed between its commit and its publication sti
 replicated and indexed, `intent_delay` seconds later, without any scan. The cost is one more delivery per
 write and handler, which the idempotent handlers settle with a HEAD or a document comparison. A commit
 slower than `intent_delay` whose writer then dies before publishing is left to the reconcile pass
-(`dss.events.reconcile`, run on a schedule in the cloud), as are writes made behind the server's back.
+(`dss.events.reconcile`, run on a schedule in the cloud); writes made behind the server's back reach the bus
+through the replica buckets' notifications (S3 events here, GCS's through `dss.events.gcs_relay`), and the
+reconcile pass finds any that were lost.
 """
 from __future__ import annotations
 
@@ -42,11 +48,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from dss.events import Event
+from dss.events import Event, s3_events
 from dss.events.bus import Deferred, EventBus, Handler, Intent, Message
 
-__all__ = ["SQSEventBus", "BusSettings", "bus_name", "resources", "provision", "parse_queue_url", "SCHEMES",
-           "MAX_DELAY"]
+__all__ = ["SQSEventBus", "BusSettings", "bus_name", "resources", "provision", "parse_queue_url", "decode",
+           "decode_all", "SCHEMES", "MAX_DELAY"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,11 +102,13 @@ def parse_queue_url(url: str, stage: str) -> BusSettings:
                        intent_delay=_bounded(query, "intent_delay", 120, 0, MAX_DELAY))
 
 
-def resources(settings: BusSettings, handlers: Sequence[str]) -> dict[str, Any]:
+def resources(settings: BusSettings, handlers: Sequence[str], sources: Sequence[str] = ()) -> dict[str, Any]:
     """The resources a bus needs, as plain JSON: what `provision()` creates, and what the Terraform of
-    the deployment is generated from or checked against."""
+    the deployment is generated from or checked against. `sources` are topics whose every message goes to
+    every handler queue (no filter): the S3 events topic (`dss.events.s3_events.topic_name`)."""
     return {
         "topic": settings.name,
+        "sources": list(sources),
         "queues": {handler: {"name": f"{settings.name}-{handler}",
                              "visibility_timeout": settings.visibility,
                              "retention": RETENTION,
@@ -111,10 +119,12 @@ def resources(settings: BusSettings, handlers: Sequence[str]) -> dict[str, Any]:
 
 
 def provision(description: Mapping[str, Any], sns: Any, sqs: Any) -> dict[str, str]:
-    """Create (or find: every call is idempotent) the topic, queues, dead-letter queues and subscriptions
-    of `description` (`resources()`); returns the topic ARN and each queue's URL by name."""
+    """Create (or find: every call is idempotent) the topics, queues, dead-letter queues and subscriptions
+    of `description` (`resources()`); returns the topic ARN, each source topic's ARN and each queue's URL by
+    name."""
     topic_arn = sns.create_topic(Name=description["topic"])["TopicArn"]
-    made = {"topic": topic_arn}
+    sources = [sns.create_topic(Name=name)["TopicArn"] for name in description.get("sources", ())]
+    made = {"topic": topic_arn, **dict(zip(description.get("sources", ()), sources))}
     for handler, queue in description["queues"].items():
         dlq_url = sqs.create_queue(QueueName=queue["dead_letter_queue"],
                                    Attributes={"MessageRetentionPeriod": str(queue["retention"])})["QueueUrl"]
@@ -129,10 +139,13 @@ def provision(description: Mapping[str, Any], sns: Any, sqs: Any) -> dict[str, s
             "Version": "2012-10-17",
             "Statement": [{"Effect": "Allow", "Principal": {"Service": "sns.amazonaws.com"},
                            "Action": "sqs:SendMessage", "Resource": arn,
-                           "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}}}]})})
+                           "Condition": {"ArnEquals": {"aws:SourceArn": [topic_arn, *sources]}}}]})})
         sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=arn, ReturnSubscriptionArn=True,
                       Attributes={"RawMessageDelivery": "true",
                                   "FilterPolicy": json.dumps({_ATTRIBUTE: [handler]})})
+        for source in sources:
+            sns.subscribe(TopicArn=source, Protocol="sqs", Endpoint=arn, ReturnSubscriptionArn=True,
+                          Attributes={"RawMessageDelivery": "true"})
         made[queue["name"]], made[queue["dead_letter_queue"]] = url, dlq_url
     return made
 
@@ -146,14 +159,40 @@ def _body(event: Event, intent: bool = False) -> str:
     return json.dumps({**fields, "intent": True} if intent else fields, separators=(",", ":"))
 
 
-def decode(body: str) -> tuple[Event, bool]:
-    """An SQS message body → (its Event, whether it is an intent). An SNS envelope (a subscription
-    without raw delivery) is unwrapped."""
+def _fields(body: str) -> dict[str, Any]:
     fields = json.loads(body)
-    if fields.get("Type") == "Notification" and "Message" in fields:
+    if isinstance(fields, dict) and fields.get("Type") == "Notification" and isinstance(fields.get("Message"), str):
         fields = json.loads(fields["Message"])
+    if not isinstance(fields, dict):
+        raise ValueError("the message is not a JSON object")
+    return fields
+
+
+def decode(body: str) -> tuple[Event, bool]:
+    """An SQS message body of the bus's own → (its Event, whether it is an intent). An SNS envelope (a
+    subscription without raw delivery) is unwrapped."""
+    fields = _fields(body)
     intent = bool(fields.pop("intent", False))
     return Event(**fields), intent
+
+
+def decode_all(body: str, s3_bucket: str | None = None) -> list[tuple[Event, bool]]:
+    """Every (Event, intent) of an SQS message body: the bus's own (one), or S3's object events of
+    `s3_bucket` (the `aws` replica's; none if None), raw or in an SNS envelope. A body that is neither is
+    logged and gives nothing."""
+    try:
+        fields = _fields(body)
+        if s3_events.is_s3_message(fields):
+            return [(event, False) for event in s3_events.events(fields, s3_bucket)]
+        intent = fields.pop("intent", False)
+        event = Event(**fields)
+        if not all(isinstance(v, str) for v in (event.replica, event.key, event.action)) or \
+                not isinstance(intent, bool):
+            raise ValueError("a field has the wrong type")
+        return [(event, intent)]
+    except (ValueError, TypeError) as exc:
+        logger.warning("Dropping a message that is not an event (%s): %.200r", exc, body)
+        return []
 
 
 class _DelayedIntent(Intent):
@@ -178,10 +217,9 @@ class SQSEventBus(EventBus):
 
     @classmethod
     def open(cls, url: str, handlers: Sequence[str], stage: str) -> SQSEventBus:
-        import boto3
+        from dss import aws
 
-        session = boto3.session.Session()
-        return cls(parse_queue_url(url, stage), handlers, session.client("sns"), session.client("sqs"))
+        return cls(parse_queue_url(url, stage), handlers, aws.client("sns"), aws.client("sqs"))
 
     def resources(self) -> dict[str, Any]:
         return resources(self.settings, self.handlers)
@@ -229,14 +267,16 @@ class SQSEventBus(EventBus):
 
     # --- the daemon side -----------------------------------------------------------------------
     def handle(self, handler_name: str, handler: Handler, lambda_event: Mapping[str, Any],
-               exists: Callable[[Event], bool] | None = None) -> dict[str, list[dict[str, str]]]:
+               exists: Callable[[Event], bool] | None = None, *,
+               s3_bucket: str | None = None) -> dict[str, list[dict[str, str]]]:
         """Run `handler` on each record of an SQS-triggered Lambda's event; the partial-batch response.
 
-        `exists(event)` says whether an intent's key was written; without it every intent runs."""
+        `exists(event)` says whether an intent's key was written; without it every intent runs.
+        `s3_bucket` is the `aws` replica's bucket, whose S3 object events become events (see `decode_all`)."""
         failures = []
         for record in lambda_event.get("Records", ()):
             try:
-                self.handle_record(handler_name, handler, record, exists)
+                self.handle_record(handler_name, handler, record, exists, s3_bucket=s3_bucket)
             except _Waiting:
                 failures.append({"itemIdentifier": record["messageId"]})  # kept, hidden for the wait
             except Exception as exc:  # noqa: BLE001 - SQS delivers it again, then dead-letters it
@@ -246,11 +286,33 @@ class SQSEventBus(EventBus):
         return {"batchItemFailures": failures}
 
     def handle_record(self, handler_name: str, handler: Handler, record: Mapping[str, Any],
-                      exists: Callable[[Event], bool] | None = None) -> None:
+                      exists: Callable[[Event], bool] | None = None, *, s3_bucket: str | None = None) -> None:
         """Handle one SQS record; raises if the handler failed (the message must stay in the queue)."""
-        event, intent = decode(record["body"])
+        decoded = decode_all(record["body"], s3_bucket)
+        if len(decoded) == 1:
+            self._handle_event(handler_name, handler, record, exists, *decoded[0])
+            return
+        # Several events in one message (S3 records): each is handled; a deferred one goes on as a message
+        # of its own, and the message stays in the queue if any failed (the others are then handled again).
+        failed: Exception | None = None
+        for event, intent in decoded:
+            try:
+                self._handle_event(handler_name, handler, None, exists, event, intent)
+            except Deferred as wait:
+                self._send(event, (handler_name,), intent=intent, delay=int(wait.after))
+            except Exception as exc:  # noqa: BLE001 - the others still run; the message fails below
+                failed = failed or exc
+        if failed is not None:
+            raise failed
+
+    def _handle_event(self, handler_name: str, handler: Handler, record: Mapping[str, Any] | None,
+                      exists: Callable[[Event], bool] | None, event: Event, intent: bool) -> None:
+        """Run the handler on one event; with `record`, a deferral hides (or replaces) that record."""
         if intent and exists is not None and not exists(event):
             logger.debug("Dropping the intent for %s: the write did not happen", event.key)
+            return
+        if record is None:
+            handler(event)
             return
         try:
             handler(event)
@@ -280,7 +342,7 @@ class SQSEventBus(EventBus):
         return self.queue_url(handler_name)
 
     def receive(self, handler_name: str, handler: Handler, exists: Callable[[Event], bool] | None = None,
-                wait: int = 0, batch: int = 10) -> int:
+                wait: int = 0, batch: int = 10, *, s3_bucket: str | None = None) -> int:
         """What Lambda's SQS event source does, once: receive a batch from the handler's queue, `handle`
         it, delete the records that did not fail. For `dss-ops` and tests; returns how many were received."""
         url = self.queue_url(handler_name)
@@ -292,7 +354,7 @@ class SQSEventBus(EventBus):
         records = [{"messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"], "body": m["Body"],
                     "attributes": m.get("Attributes", {})} for m in messages]
         failed = {f["itemIdentifier"] for f in self.handle(handler_name, handler, {"Records": records},
-                                                           exists)["batchItemFailures"]}
+                                                           exists, s3_bucket=s3_bucket)["batchItemFailures"]}
         done = [{"Id": str(n), "ReceiptHandle": r["receiptHandle"]} for n, r in enumerate(records)
                 if r["messageId"] not in failed]
         if done:

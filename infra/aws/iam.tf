@@ -2,13 +2,6 @@
 # task Lambda uses task.json), the Step Functions role and API Gateway's logging role. The Chalice
 # packaging (make package) points each function at its role: output lambda_role_arns.
 
-locals {
-  # The Lambdas whose policy allows sns:Publish on the bus (the events key, when there is one, trusts them).
-  publishers = [for key, fn in local.d.lambdas : key if contains(
-    ["api", "sync", "gs-event-relay", "scheduled", "task"], fn.policy
-  )]
-}
-
 data "aws_iam_policy_document" "assume_lambda" {
   statement {
     actions = ["sts:AssumeRole"]

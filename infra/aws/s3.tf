@@ -108,13 +108,13 @@ resource "aws_s3_bucket_policy" "dss" {
   depends_on = [aws_s3_bucket_public_access_block.dss]
 }
 
-# S3 object events of the replica -> the bus topic (see var.s3_event_notifications).
+# S3 object events of the replica -> the S3 events topic -> every handler queue (events.tf).
 resource "aws_s3_bucket_notification" "replica" {
-  for_each = { for key, bucket in local.aws_buckets : key => bucket if bucket.events && var.s3_event_notifications }
+  for_each = { for key, bucket in local.aws_buckets : key => bucket if bucket.events }
   bucket   = aws_s3_bucket.dss[each.key].id
   topic {
-    topic_arn = aws_sns_topic.events.arn
-    events    = ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]
+    topic_arn = aws_sns_topic.s3_events.arn
+    events    = local.d.s3_events.events
   }
-  depends_on = [aws_sns_topic_policy.events]
+  depends_on = [aws_sns_topic_policy.s3_events]
 }

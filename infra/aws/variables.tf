@@ -45,12 +45,6 @@ variable "gcp_project" {
   default = ""
 }
 
-variable "s3_event_notifications" {
-  description = "Also send the aws replica's S3 object events to the bus topic (DSS_S3_EVENT_NOTIFICATIONS). Off: the code publishes its own events, and the bus does not decode S3's event format yet."
-  type        = bool
-  default     = false
-}
-
 variable "es_instance_type" {
   description = "DSS_ES_INSTANCE_TYPE: OpenSearch data node type."
   type        = string

@@ -37,6 +37,14 @@ locals {
     }
   }
 
+  # --- S3 object events: the aws replica's notification -> its own topic -> every handler queue -----------
+  # (dss.events.s3_events: subscribed raw without a filter, as S3 cannot set the `handlers` attribute)
+  s3_events = {
+    topic  = "dss-s3-events-${var.stage}"
+    bucket = local.buckets.aws_replica.name
+    events = ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]
+  }
+
   # --- GCS object events: bucket notification -> Pub/Sub -> the relay Lambda -> the bus ------------------
   pubsub = {
     project      = var.gcp_project

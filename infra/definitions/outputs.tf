@@ -17,6 +17,11 @@ output "queues" {
   value       = local.queues
 }
 
+output "s3_events" {
+  description = "S3 object events of the aws replica: its notification's SNS topic (every handler queue subscribes, no filter), the bucket and the event types (dss.events.s3_events)."
+  value       = local.s3_events
+}
+
 output "pubsub" {
   description = "GCS object events: the Pub/Sub topic, the relay's pull subscription and the notifying bucket."
   value       = local.pubsub
