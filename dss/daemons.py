@@ -40,7 +40,8 @@ def remaining_of(lambda_context: Any) -> Remaining:
 
 class LambdaRuntime:
     """The `Runtime` of one Lambda process: configuration from its environment, built on first use (so
-    importing an app costs nothing), then kept for every invocation of the warm process."""
+    importing an app costs nothing), then kept for every invocation of the warm process. Its members
+    are built lazily too, so a cold start makes only the clients its daemon uses."""
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         self._environ = environ
@@ -58,7 +59,7 @@ class LambdaRuntime:
             configure_tracing(config)  # DSS_XRAY_TRACE: before any client is made
             # Lambda's runtime installs its own root handler (so basicConfig does nothing) at WARNING.
             logging.getLogger().setLevel(logging.INFO if config.debug == 0 else logging.DEBUG)
-            self._runtime = Runtime(config)
+            self._runtime = Runtime(config, lazy=True)  # each member built on first use: see dss.runtime
         return self._runtime
 
 
@@ -85,17 +86,30 @@ def handle_queue(runtime: Runtime, handler_name: str, lambda_event: Mapping[str,
     if not isinstance(bus, SQSEventBus):
         raise TypeError(f"the {handler_name} daemon needs an SNS/SQS event bus (DSS_QUEUE_URL), not {bus!r}")
     handler = runtime.handlers[handler_name]
+    s3_bucket = _s3_replica_bucket(runtime)
     failures: list[dict[str, str]] = []
     for record in lambda_event.get("Records", ()):
         if remaining() < MARGIN:
             failures.append({"itemIdentifier": record["messageId"]})
             continue
-        failures += bus.handle(handler_name, handler, {"Records": [record]}, exists=runtime.exists)[
-            "batchItemFailures"]
+        failures += bus.handle(handler_name, handler, {"Records": [record]}, exists=runtime.exists,
+                               s3_bucket=s3_bucket)["batchItemFailures"]
     if failures:
         logger.info("%s: %d of %d records left for a retry", handler_name, len(failures),
                     len(lambda_event.get("Records", ())))
     return {"batchItemFailures": failures}
+
+
+def _s3_replica_bucket(runtime: Runtime) -> str | None:
+    """The `aws` replica's bucket, whose S3 object events the handlers take (None: it is not on S3)."""
+    from dss.events.s3_events import REPLICA
+    from dss.storage.blobstore import split_url
+
+    url = runtime.config.replica_urls.get(REPLICA)
+    if not url:
+        return None
+    scheme, bucket, _ = split_url(url)
+    return bucket if scheme == "s3" else None
 
 
 def deliver_notifications(runtime: Runtime, remaining: Remaining) -> dict[str, Any]:

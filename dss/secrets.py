@@ -198,9 +198,9 @@ class SecretsManagerStore(SecretStore):
 
     @classmethod
     def open(cls, prefix: str) -> SecretsManagerStore:
-        import boto3
+        from dss import aws
 
-        return cls(prefix, boto3.session.Session().client("secretsmanager"))
+        return cls(prefix, aws.client("secretsmanager"))
 
     def _error(self, action: str, name: str, exc: Exception) -> SecretsError:
         code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)

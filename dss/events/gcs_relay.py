@@ -55,6 +55,7 @@ logger = logging.getLogger(__name__)
 REPLICA = "gcp"
 BATCH = 100  # messages per pull
 _PULL_TIMEOUT = 10.0  # seconds one pull may wait for messages (less when the deadline is nearer)
+_NEXT_PULL_TIMEOUT = 2.0  # seconds a pull after a batch may wait: a backlog answers at once, an empty one waits
 _MIN_TIME = 1.0  # seconds that must be left before another pull
 _ACTIONS = {"OBJECT_FINALIZE": "created", "OBJECT_DELETE": "deleted"}
 _PUBSUB_SCOPE = "https://www.googleapis.com/auth/pubsub"
@@ -227,10 +228,13 @@ class RelayReport:
 def relay(subscription: Subscription, bus: EventBus, deadline: float, *, bucket: str, replica: str = REPLICA,
           batch: int = BATCH) -> RelayReport:
     """Pull batches of notifications and publish their events on `bus` until the subscription is empty,
-    publishing fails, or `deadline` (a `time.time()` value) is less than a second away."""
+    publishing fails, or `deadline` (a `time.time()` value) is less than a second away. Only the first
+    pull waits the full `_PULL_TIMEOUT` for messages; once a batch came, the rest of a backlog is there
+    at once, so the pull that finds the subscription empty ends the run after `_NEXT_PULL_TIMEOUT`."""
     report = RelayReport()
     while (left := deadline - time.time()) > _MIN_TIME:
-        messages = subscription.pull(batch, timeout=min(_PULL_TIMEOUT, left))
+        wait = _NEXT_PULL_TIMEOUT if report.pulled else _PULL_TIMEOUT
+        messages = subscription.pull(batch, timeout=min(wait, left))
         if not messages:
             break
         report.pulled += len(messages)

@@ -18,9 +18,9 @@ __all__ = ["DynamoDBTable", "dynamodb_client"]
 
 
 def dynamodb_client(region: str | None = None) -> Any:
-    import boto3
+    from dss import aws
 
-    return boto3.session.Session().client("dynamodb", region_name=region)
+    return aws.client("dynamodb", region_name=region)
 
 
 def _error_code(error: Exception) -> str:

@@ -112,13 +112,13 @@ class StepFunctionsWorkflows:
 
     def __init__(self, stage: str, *, region: str | None = None, account: str | None = None,
                  client: Any = None, sts: Callable[[], Any] | None = None) -> None:
-        import boto3
+        from dss import aws
 
         self.stage = stage
-        self.client = client or boto3.client("stepfunctions", region_name=region)
+        self.client = client or aws.client("stepfunctions", region_name=region)
         self._region = region or self.client.meta.region_name
         self._account = account
-        self._sts = sts or (lambda: boto3.client("sts", region_name=self._region))
+        self._sts = sts or (lambda: aws.client("sts", region_name=self._region))
         self._lock = threading.Lock()
         self._known: dict[str, str] = {}  # DSS execution name -> workflow, for what this process started
 

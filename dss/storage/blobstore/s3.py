@@ -20,11 +20,11 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, BinaryIO
 
-import boto3
 from botocore import exceptions as boto_errors
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from dss import aws
 from dss.checksums import S3_MAX_PARTS, S3_SINGLE_PART_LIMIT, s3_part_size
 from dss.storage.blobstore import (
     BlobAccessDenied,
@@ -287,7 +287,7 @@ class S3BlobStore(BlobStore):
             # S3-compatible store.
             request_checksum_calculation="when_required",
         )
-        return boto3.session.Session().client("s3", config=config)
+        return aws.client("s3", config=config)
 
     # --- primitives ---------------------------------------------------------------------------
     def head(self, key: str) -> BlobInfo:
