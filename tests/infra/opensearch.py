@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -45,6 +46,16 @@ JVM_OPTIONS = """\
 # For the tests: a quicker start (C1 only, no concurrent collector) at the cost of peak speed; the
 # benchmark leaves them out.
 QUICK_START_OPTIONS = "-XX:+UseSerialGC\n-XX:TieredStopAtLevel=1\n"
+# Kills the node's process group once its stdin closes, i.e. when the process that started the node dies
+# without stopping it (pytest killed by a timeout or a signal): no JVM outlives the run.
+_WATCHDOG = """\
+import os, signal, sys
+sys.stdin.buffer.read()
+try:
+    os.killpg(int(sys.argv[1]), signal.SIGKILL)
+except ProcessLookupError:
+    pass
+"""
 
 
 def unique_stage(prefix: str = "t") -> str:
@@ -82,6 +93,7 @@ class OpenSearchNode:
         # runs as nobody.
         self.directory = Path(tempfile.mkdtemp(prefix="dss-opensearch-"))
         self.process: subprocess.Popen[bytes] | None = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
 
     @property
     def log_path(self) -> Path:
@@ -119,6 +131,8 @@ class OpenSearchNode:
         with open(self.log_path, "wb") as console:
             self.process = subprocess.Popen(command, cwd=self.directory, env=env, stdout=console,
                                             stderr=subprocess.STDOUT, start_new_session=True)
+        self._watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(self.process.pid)],
+                                          stdin=subprocess.PIPE, start_new_session=True)
         deadline = started + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -147,6 +161,12 @@ class OpenSearchNode:
             return "(no log)"
 
     def stop(self) -> None:
+        if self._watchdog is not None:  # an orderly stop: the watchdog is not needed
+            self._watchdog.kill()
+            self._watchdog.wait()
+            if self._watchdog.stdin is not None:
+                self._watchdog.stdin.close()
+            self._watchdog = None
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
