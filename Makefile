@@ -9,13 +9,14 @@ HCA_VENV := .venv-hca
 DBIO_VENV := .venv-dbio
 NODE_TOOLS := .node-tools
 OPENSEARCH := .opensearch/opensearch-2.19.6
+ELASTICSEARCH7 := .elasticsearch/elasticsearch-7.10.2
 PYTEST_ARGS ?=
 CHECKOV_VENV := .venv-checkov
 # The Lambdas' dependency layer, cached by the hash of the lock file (scripts/package.py layer_zip()).
 LAMBDA_LAYER := .lambda-layer/$(shell sha256sum requirements.txt 2>/dev/null | cut -c1-16)/layer.zip
 STAGE ?= $(or $(DSS_DEPLOYMENT_STAGE),dev)
 
-.PHONY: run test lint unit bench bench-quick fuzz lock clean hca-client opensearch dbio-client browser \
+.PHONY: run test lint unit bench bench-quick fuzz lock clean hca-client opensearch elasticsearch7 dbio-client browser \
 	lambda-layer package plan-infra deploy-infra deploy destroy
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -45,19 +46,29 @@ $(DBIO_VENV)/.installed:
 
 dbio-client: $(DBIO_VENV)/.installed
 
-# A real OpenSearch node for the search tests (tests/infra/opensearch.py starts it): the integration-test
-# distribution from Maven Central (cached in ~/.m2) plus the percolator and analysis-common modules, each
-# laid out with its descriptor. Needs Maven and Java 17, installed from Debian's packages if missing.
-$(OPENSEARCH)/.installed: tests/opensearch/pom.xml $(wildcard tests/opensearch/modules/*/plugin-descriptor.properties)
+# Real search engines for the search tests (tests/infra/opensearch.py starts them): OpenSearch 2.19 and
+# Elasticsearch 7.10, each its integration-test distribution from Maven Central (cached in ~/.m2) plus the
+# percolator and analysis-common modules, laid out with their descriptors. $(1): the folder with pom.xml
+# and modules/, $(2): the installation. Needs Maven and Java 17, installed from Debian's packages if missing.
+define fetch-search-engine
 	command -v mvn >/dev/null && command -v java >/dev/null || \
 		(apt-get update -qq && apt-get install -y -qq maven openjdk-17-jre-headless)
-	rm -rf $(OPENSEARCH)
-	mvn -q -B -f tests/opensearch/pom.xml generate-resources
-	for module in tests/opensearch/modules/*/; do \
-		cp $$module/plugin-descriptor.properties $(OPENSEARCH)/modules/$$(basename $$module)/ || exit 1; done
-	touch $@
+	rm -rf $(2)
+	mvn -q -B -f $(1)/pom.xml generate-resources
+	for module in $(1)/modules/*/; do \
+		cp $$module/plugin-descriptor.properties $(2)/modules/$$(basename $$module)/ || exit 1; done
+	touch $(2)/.installed
+endef
+
+$(OPENSEARCH)/.installed: tests/opensearch/pom.xml $(wildcard tests/opensearch/modules/*/plugin-descriptor.properties)
+	$(call fetch-search-engine,tests/opensearch,$(OPENSEARCH))
+
+$(ELASTICSEARCH7)/.installed: tests/elasticsearch7/pom.xml \
+		$(wildcard tests/elasticsearch7/modules/*/plugin-descriptor.properties)
+	$(call fetch-search-engine,tests/elasticsearch7,$(ELASTICSEARCH7))
 
 opensearch: $(OPENSEARCH)/.installed
+elasticsearch7: $(ELASTICSEARCH7)/.installed
 
 # Node tools the tests call: asl-validator checks every workflow definition (tests/test_workflows_definitions.py).
 $(NODE_TOOLS)/.installed:
@@ -94,20 +105,21 @@ lint: $(VENV)/.installed
 	$(BIN)/mypy
 
 test: $(VENV)/.installed $(HCA_VENV)/.installed $(DBIO_VENV)/.installed $(NODE_TOOLS)/.installed \
-		$(NODE_TOOLS)/.browser $(OPENSEARCH)/.installed $(CHECKOV_VENV)/.installed $(LAMBDA_LAYER) pubsub-emulator lint
+		$(NODE_TOOLS)/.browser $(OPENSEARCH)/.installed $(ELASTICSEARCH7)/.installed $(CHECKOV_VENV)/.installed \
+		$(LAMBDA_LAYER) pubsub-emulator lint
 	DSS_HCA_BIN=$(abspath $(HCA_VENV))/bin/hca DSS_DBIO_BIN=$(abspath $(DBIO_VENV))/bin/dbio \
 		$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-unit: $(VENV)/.installed $(NODE_TOOLS)/.installed $(OPENSEARCH)/.installed pubsub-emulator
+unit: $(VENV)/.installed $(NODE_TOOLS)/.installed $(OPENSEARCH)/.installed $(ELASTICSEARCH7)/.installed pubsub-emulator
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-bench: $(VENV)/.installed $(OPENSEARCH)/.installed
+bench: $(VENV)/.installed $(OPENSEARCH)/.installed $(ELASTICSEARCH7)/.installed
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/bench_workflows.py
 	$(BIN)/python benchmarks/bench_search.py
 
-bench-quick: $(VENV)/.installed $(OPENSEARCH)/.installed
+bench-quick: $(VENV)/.installed $(OPENSEARCH)/.installed $(ELASTICSEARCH7)/.installed
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python benchmarks/run.py --quick
 	$(BIN)/python benchmarks/bench_workflows.py --quick

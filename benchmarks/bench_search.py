@@ -15,12 +15,13 @@ documents, so that the numbers can be read on any machine:
 * JMESPath matching: one new bundle against as many JMESPath subscriptions (`ExpressionSet`, each picking
   one project); baseline: `jmespath.search` of every expression in turn.
 
-Then the same figures on a real OpenSearch 2.19 node (started from `make opensearch`'s install, 1 GiB
-heap, full JIT) through the cloud backend, on the same corpus in the same run, printed side by side
-with the embedded engine's as ratios (embedded speed over OpenSearch speed: >= 1 means the embedded
-engine is at least as fast). OpenSearch indexing is bulk requests of the same 100 bundles, timed until
-searchable (refresh); subscriptions are stored there in bulk too (storing is not what is measured).
-`--no-opensearch` skips this part.
+Then the same figures on a real OpenSearch 2.19 node and a real Elasticsearch 7.10 node, one after the
+other (started from `make opensearch`'s and `make elasticsearch7`'s installs, 1 GiB heap, full JIT),
+through the cloud backend, on the same corpus in the same run, each printed side by side with the
+embedded engine's as ratios (embedded speed over the engine's: >= 1 means the embedded engine is at
+least as fast). Their indexing is bulk requests of the same 100 bundles, timed until searchable
+(refresh); subscriptions are stored there in bulk too (storing is not what is measured).
+`--engines opensearch` runs one of them, `--engines ''` none.
 
 Targets are goals, not assertions: the script exits non-zero only if something crashes.
 
@@ -52,6 +53,7 @@ from dss.index.matcher import compile_predicate  # noqa: E402
 from dss.index.query import QueryParser  # noqa: E402
 from dss.subscriptions.matching import ExpressionSet  # noqa: E402
 from tests.fixtures.hca_corpus import ORGANS, generate_documents  # noqa: E402
+from tests.infra.opensearch import ENGINES, Engine, start_node  # noqa: E402
 
 REPLICA = "aws"
 BATCH = 100
@@ -286,15 +288,15 @@ def _brute_force_percolation(queries: list[dict[str, Any]], docs: list[dict[str,
 
 # -------------------------------------------------------------------------------- side by side with OpenSearch
 
-def measure_opensearch(corpus: Path, bundles: int, rounds: int, subscriptions: int, probes: int) -> dict[str, float]:
-    """The same figures on a real OpenSearch node through the cloud backend: bundles/s, and ms."""
+def measure_engine(engine: Engine, corpus: Path, bundles: int, rounds: int, subscriptions: int,
+                   probes: int) -> dict[str, float]:
+    """The same figures on a real node of `engine` through the cloud backend: bundles/s, and ms."""
     from opensearchpy import helpers
 
     from dss.index.elasticsearch import SUBSCRIPTION_PREFIX, ElasticsearchSearchIndex
-    from tests.infra.opensearch import start_opensearch
 
-    node = start_opensearch(heap="1g", quick_start=False)
-    print(f"  … OpenSearch green after {node.startup_seconds:.1f} s", flush=True)
+    node = start_node(engine, heap="1g", quick_start=False)
+    print(f"  … {engine.label} green after {node.startup_seconds:.1f} s", flush=True)
     figures: dict[str, float] = {}
     try:
         index = ElasticsearchSearchIndex.from_url(node.url, stage="bench", timeout=300)
@@ -303,7 +305,7 @@ def measure_opensearch(corpus: Path, bundles: int, rounds: int, subscriptions: i
             index.index_many(REPLICA, chunk)
         index.refresh(REPLICA)
         figures["indexing"] = bundles / (time.perf_counter() - started)
-        print(f"  … {bundles:,} bundles indexed in OpenSearch ({figures['indexing']:,.0f}/s)", flush=True)
+        print(f"  … {bundles:,} bundles indexed in {engine.name} ({figures['indexing']:,.0f}/s)", flush=True)
         for name, (p50, p99) in search_latencies(index, rounds).items():
             figures[f"search {name} p50"], figures[f"search {name} p99"] = p50, p99
         queries = list(subscription_queries(subscriptions, random.Random(9)))
@@ -320,12 +322,12 @@ def measure_opensearch(corpus: Path, bundles: int, rounds: int, subscriptions: i
     return figures
 
 
-def print_side_by_side(embedded: dict[str, float], opensearch: dict[str, float], bundles: int,
+def print_side_by_side(embedded: dict[str, float], engine: Engine, theirs: dict[str, float], bundles: int,
                        subscriptions: int) -> None:
-    """Each figure on both engines; the ratio is embedded speed over OpenSearch speed (>= 1: as fast or faster)."""
-    header = ("figure", "embedded", "OpenSearch 2.19", "embedded/OpenSearch speed", "embedded at least as fast")
+    """Each figure on both engines; the ratio is embedded speed over the engine's (>= 1: as fast or faster)."""
+    header = ("figure", "embedded", engine.label, f"embedded/{engine.name} speed", "embedded at least as fast")
     rows = []
-    for name, value in opensearch.items():
+    for name, value in theirs.items():
         if name not in embedded:
             continue
         mine = embedded[name]
@@ -355,8 +357,11 @@ def main(argv: list[str] | None = None) -> int:
     # a shorter window would either miss or take whole
     parser.add_argument("--singles", type=int, default=20_000, help="bundles indexed one per call (default 20,000)")
     parser.add_argument("--dir", type=Path, help="keep the index here; an existing one of the right size is reused")
-    parser.add_argument("--no-opensearch", action="store_true", help="skip the side-by-side run on OpenSearch")
+    parser.add_argument("--engines", default=",".join(ENGINES),
+                        help=f"real engines to run side by side, comma-separated (default {','.join(ENGINES)}; "
+                             "empty: none)")
     args = parser.parse_args(argv)
+    engines = [ENGINES[key] for key in args.engines.split(",") if key]
     bundles = args.bundles or (5000 if args.quick else 100_000)
     subscriptions = args.subscriptions or (2000 if args.quick else 10_000)
     logging.basicConfig(level=logging.ERROR)  # the corpus has deliberately broken files; keep output clean
@@ -398,12 +403,12 @@ def main(argv: list[str] | None = None) -> int:
                 _drop_subscriptions(index, subscriptions)
                 index.close()
         table.print()
-        if not args.no_opensearch:
-            print(f"\nthe same on OpenSearch {bundles:,} bundles, {subscriptions:,} subscriptions …", flush=True)
-            if not corpus.exists():  # the embedded index was reused: the same documents again
-                write_corpus(corpus, bundles)
-            opensearch = measure_opensearch(corpus, bundles, args.searches, subscriptions, 50)
-            print_side_by_side(embedded, opensearch, bundles, subscriptions)
+        if engines and not corpus.exists():  # the embedded index was reused: the same documents again
+            write_corpus(corpus, bundles)
+        for engine in engines:
+            print(f"\nthe same on {engine.label}: {bundles:,} bundles, {subscriptions:,} subscriptions …", flush=True)
+            theirs = measure_engine(engine, corpus, bundles, args.searches, subscriptions, 50)
+            print_side_by_side(embedded, engine, theirs, bundles, subscriptions)
     return 0
 
 

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.infra.dss_server import REPO, start_server
 from tests.infra.helpers import add_file, new_uuid, put_bundle
-from tests.infra.opensearch import BOTH_ENGINES
+from tests.infra.opensearch import ALL_ENGINES
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ def _hca_binary() -> str:
 
 @pytest.fixture
 def dss_env(dss_env, search_engine_env):
-    return {**dss_env, **search_engine_env}  # OpenSearch as the search where BOTH_ENGINES says so
+    return {**dss_env, **search_engine_env}  # a real engine as the search where ALL_ENGINES says so
 
 
 @pytest.fixture
@@ -84,7 +84,7 @@ def _make_tree(root: Path) -> dict[str, bytes]:
     return files
 
 
-@BOTH_ENGINES
+@ALL_ENGINES
 def test_upload_and_download_round_trip(hca, tmp_path):
     source = tmp_path / "upload"
     files = _make_tree(source)

@@ -26,7 +26,7 @@ from dss.identifiers import new_version
 from dss.subscriptions.limits import MAX_NESTING, MAX_SUBSCRIPTION_SIZE, MAX_TREE_DEPTH
 from tests.infra.dss_server import DSSServer, start_server
 from tests.infra.helpers import add_file, new_uuid, put_bundle
-from tests.infra.opensearch import BOTH_ENGINES
+from tests.infra.opensearch import ALL_ENGINES
 
 PROBLEM_KEYS = {"status", "code", "title", "stacktrace"}
 HOOK = "http://127.0.0.1:9/hook"  # allowed below; never called here
@@ -194,7 +194,7 @@ def test_json_in_another_encoding_is_refused_rather_than_checked_as_utf8(dss: DS
     assert_problem(response, 415, "unsupported_media_type")
 
 
-@BOTH_ENGINES
+@ALL_ENGINES
 def test_a_deep_but_bounded_query_is_answered_not_a_500(dss: DSSServer) -> None:
     query: dict[str, Any] = {"match_all": {}}
     while True:  # bool → filter → [ … ]: three JSON levels per bool, as deep as the 100-level limit allows

@@ -11,7 +11,7 @@ import requests
 from dss.index.backend import open_search_index
 from tests.infra.dss_server import ADMIN, REPO
 from tests.infra.helpers import add_file, new_uuid, put_bundle
-from tests.infra.opensearch import unique_stage
+from tests.infra.opensearch import ENGINES, unique_stage
 
 
 def ops(dss, *args: str, **env: str) -> subprocess.CompletedProcess:
@@ -19,7 +19,7 @@ def ops(dss, *args: str, **env: str) -> subprocess.CompletedProcess:
                           text=True, env={"DSS_DATA_DIR": str(dss.config.data_dir), "PATH": "/usr/bin:/bin", **env})
 
 
-@pytest.mark.parametrize("target", ["embedded", "opensearch"])
+@pytest.mark.parametrize("target", ["embedded", *ENGINES])
 def test_reindex_rebuilds_documents_and_tombstones(dss, tmp_path, target, request):
     bundles = []
     for n in range(6):
@@ -33,10 +33,10 @@ def test_reindex_rebuilds_documents_and_tombstones(dss, tmp_path, target, reques
     query = {"query": {"match_all": {}}}
     original = dss.runtime.search.search("aws", query, size=100)
 
-    # into a fresh embedded index, or into fresh indices on the OpenSearch node
+    # into a fresh embedded index, or into fresh indices on a real engine's node
     url, stage = f"sqlite://{tmp_path / 'fresh-index'}", unique_stage("reindex")
-    if target == "opensearch":
-        url = request.getfixturevalue("opensearch_url")
+    if target in ENGINES:
+        url = request.getfixturevalue(f"{target}_url")
     result = ops(dss, "index", "reindex", "--replica", "aws", DSS_SEARCH_URL=url, DSS_DEPLOYMENT_STAGE=stage)
     assert result.returncode == 0, result.stderr
     assert "Reindexed 7 bundle keys" in result.stdout  # six manifests and one tombstone

@@ -30,6 +30,7 @@ from dss.storage.replicas import Replicas
 from tests.fixtures.search.backends import BACKENDS, close_backend, open_backend
 from tests.infra.dss_server import REPO, base_env
 from tests.infra.helpers import new_uuid, stage_local
+from tests.infra.opensearch import ENGINES
 from tests.test_crash import _commit_without_event
 
 # Hang guards: generous, because the suite must pass on a heavily loaded two-core machine.
@@ -122,10 +123,10 @@ def test_a_pass_stops_when_cancelled(tmp_path):
 
 # --- indexing -------------------------------------------------------------------------------------
 
-@pytest.fixture(params=["embedded", "opensearch"])
+@pytest.fixture(params=["embedded", *ENGINES])
 def search(tmp_path, request):
-    if request.param == "opensearch":
-        index = open_backend("opensearch", tmp_path, request)
+    if request.param in ENGINES:
+        index = open_backend(request.param, tmp_path, request)
     else:
         index = open_search_index(f"sqlite://{tmp_path}/search", merge_in_background=False)
     yield index

@@ -190,8 +190,8 @@ def test_signed_requests_reach_a_real_node(aws_credentials: None, opensearch_url
         index.close()
 
 
-def test_the_index_on_a_real_node_has_the_original_layout(opensearch_url: str) -> None:
-    index = ElasticsearchSearchIndex.from_url(opensearch_url, stage=unique_stage("layout"))
+def test_the_index_on_a_real_node_has_the_original_layout(engine_url: str) -> None:
+    index = ElasticsearchSearchIndex.from_url(engine_url, stage=unique_stage("layout"))
     try:
         index.index("aws", "u.1", {"uuid": "u", "manifest": {"version": "1"}, "colour": "Red"})
         client = index._client
@@ -219,9 +219,9 @@ def test_the_sigv4_setting(tmp_path: Any, raw: str | None, expected: bool | None
     assert Config.from_env({**env, "DSS_SEARCH_REFRESH_WRITES": "1"}).search_refresh_writes is True
 
 
-def test_percolation_past_one_page_scrolls(opensearch_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_percolation_past_one_page_scrolls(engine_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("dss.index.elasticsearch._PERCOLATE_PAGE", 2)
-    index = ElasticsearchSearchIndex.from_url(opensearch_url, stage=unique_stage("scroll"))
+    index = ElasticsearchSearchIndex.from_url(engine_url, stage=unique_stage("scroll"))
     try:
         for name in ("s1", "s2", "s3", "s4", "s5"):
             index.add_subscription_query("aws", name, {"query": {"match_all": {}}})

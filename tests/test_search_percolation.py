@@ -8,6 +8,7 @@ import pytest
 from dss.index import InvalidQuery, SearchIndex, open_search_index
 from tests.fixtures.hca_corpus import generate_bundles
 from tests.fixtures.search.backends import BACKENDS, close_backend, is_embedded, open_backend
+from tests.infra.opensearch import ENGINES
 from tests.test_search_conformance import CASES
 
 REPLICA = "aws"
@@ -18,7 +19,7 @@ SUBSCRIBABLE = [case for case in CASES if "ids" not in str(case.query)]
 # (matching nothing) until a document brings the field. So a query that matches documents *without* the
 # field (must_not on it) matches every document in a search but none in percolation on OpenSearch, while
 # the embedded engine matches it everywhere: an open divergence, pinned by
-# test_opensearch_keeps_subscriptions_on_unmapped_fields_pending.
+# test_real_engines_keep_subscriptions_on_unmapped_fields_pending.
 UNMAPPED = {"unmapped-negated"}
 
 
@@ -84,11 +85,12 @@ def test_subscription_body_must_hold_a_query(subscribed: tuple[str, SearchIndex]
         index.add_subscription_query(REPLICA, "bare", {"match_all": {}})  # type: ignore[dict-item]
 
 
-def test_opensearch_keeps_subscriptions_on_unmapped_fields_pending(tmp_path: Any,
-                                                                   request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_real_engines_keep_subscriptions_on_unmapped_fields_pending(tmp_path: Any, engine: str,
+                                                                    request: pytest.FixtureRequest) -> None:
     """See UNMAPPED: accepted, matching nothing until a document brings the field, then matching it (the
     index handler indexes a bundle before it percolates it, so its subscribers are notified)."""
-    index = open_backend("opensearch", tmp_path, request)
+    index = open_backend(engine, tmp_path, request)
     try:
         index.index(REPLICA, "a.1", {"uuid": "a", "manifest": {"version": "1"}, "files": {"old_json": [{"x": 1}]}})
         index.add_subscription_query(REPLICA, "later", {"query": {"match": {"files.new_json.colour.text": "Deep Red"}}})

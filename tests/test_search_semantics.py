@@ -145,6 +145,12 @@ CASES: list[tuple[str, dict[str, Any], list[str]]] = [
 ]
 
 
+# Where the two real engines disagree, the embedded engine follows OpenSearch 2.19, the engine a deployment
+# runs (DSS_ES_ENGINE_VERSION); these are Elasticsearch 7.10's answers. It normalises a wildcard pattern
+# on a text field with the field's analyser (lowercasing it); OpenSearch 2 matches the pattern as given.
+ELASTICSEARCH7_ANSWERS = {"text wildcard is not normalised": ["bbbb.1"]}
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
     index = open_backend(request.param, tmp_path_factory.mktemp(request.param), request)
@@ -164,7 +170,9 @@ def _ids(index: SearchIndex, query: dict[str, Any]) -> list[str]:
 
 @pytest.mark.parametrize("name,query,expected", CASES, ids=[case[0] for case in CASES])
 def test_semantics(backend: tuple[str, SearchIndex], name: str, query: dict[str, Any], expected: list[str]) -> None:
-    _, index = backend
+    engine, index = backend
+    if engine == "elasticsearch7":
+        expected = ELASTICSEARCH7_ANSWERS.get(name, expected)
     assert _ids(index, query) == expected
 
 

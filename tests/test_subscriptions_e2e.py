@@ -17,7 +17,7 @@ from dss.identifiers import new_version
 from tests.infra.delivery_stores import DELIVERY_STORES
 from tests.infra.dss_server import ADMIN, DSSServer
 from tests.infra.helpers import add_file, new_uuid, put_bundle
-from tests.infra.opensearch import BOTH_ENGINES
+from tests.infra.opensearch import ALL_ENGINES
 from tests.infra.receivers import Receiver, RecordedRequest, verify_cavage
 
 SECRET = "e2e-hmac-secret"
@@ -28,7 +28,7 @@ ES_QUERY = {"query": {"match": {"files.project_json.project_core.project_short_n
 @pytest.fixture
 def dss_env(dss_env: dict[str, str], search_engine_env: dict[str, str],
             delivery_store_env: dict[str, str]) -> dict[str, str]:
-    dss_env.update(search_engine_env)  # the embedded engine, or OpenSearch where BOTH_ENGINES says so
+    dss_env.update(search_engine_env)  # the embedded engine, or a real engine where ALL_ENGINES says so
     dss_env.update(delivery_store_env)  # the embedded default, or DynamoDB where DELIVERY_STORES says so
     dss_env["DSS_CALLBACK_ALLOWLIST"] = "127.0.0.1/32"
     dss_env["DSS_NOTIFY_DELAYS"] = "0,1,2"
@@ -92,7 +92,7 @@ def test_a_new_bundle_notifies_matching_jmespath_subscribers(dss: DSSServer, rec
     quiet_for(receiver, 1)
 
 
-@BOTH_ENGINES
+@ALL_ENGINES
 def test_elasticsearch_subscribers_are_notified_through_percolation(dss: DSSServer, receiver: Receiver) -> None:
     sub_id = subscribe(dss, {"callback_url": receiver.url("/es"), "es_query": ES_QUERY, "hmac_secret_key": SECRET,
                              "hmac_key_id": "es-key"})
@@ -170,7 +170,7 @@ def test_a_deleted_subscription_is_not_notified(dss: DSSServer, receiver: Receiv
     quiet_for(receiver, 0)
 
 
-@BOTH_ENGINES
+@ALL_ENGINES
 def test_a_whole_bundle_delete_notifies_elasticsearch_subscribers_once_per_version(dss: DSSServer,
                                                                                    receiver: Receiver) -> None:
     bundle_uuid = new_uuid()
