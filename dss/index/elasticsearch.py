@@ -18,9 +18,12 @@ field is taken for a text field). So when a document brings new fields, every st
 is stored again, as the original did (its workaround for elastic/elasticsearch#5750). OpenSearch 2.19
 takes an unmapped field for text only while no object on its path is mapped yet: it refuses a query on
 a new field under an object that documents already have (`files.new_json.x` once any document has
-`files`). Such a query is kept as a pending subscription (`pending_query`, not indexed, so it matches
-nothing) and becomes a percolator query when the mapping grows, before the document that brought the
-field is percolated (the index handler indexes, then notifies).
+`files`). Such a query is kept as a pending subscription (`pending_query`, stored but not indexed) and
+becomes a percolator query when the mapping grows, before the document that brought the field is
+percolated (the index handler indexes, then notifies). Until then `percolate` fetches the pending queries
+with the percolator's matches (one request) and decides them with the embedded engine's matcher: every
+field they lack a mapping for is absent from every document, so a `must_not` on it matches, as it does
+in a search.
 
 Errors from the client are translated here: a 400 is an InvalidQuery (or DocumentRejected when
 indexing), connection problems, timeouts, 429 and 5xx are SearchUnavailable; the original error is
@@ -47,6 +50,8 @@ from dss.index.backend import (
     UnsupportedQuery,
     check_replica,
 )
+from dss.index.mapping import FieldMap, analyse
+from dss.index.percolator import Percolator
 from dss.index.query import parse_search_body
 
 __all__ = ["ElasticsearchSearchIndex", "index_settings", "index_mappings", "SUBSCRIPTION_PREFIX"]
@@ -352,7 +357,7 @@ class ElasticsearchSearchIndex(SearchIndex):
                     raise
                 # Valid, but on a field no document has yet: pending until the mapping grows.
                 self._client.index(index=name, id=SUBSCRIPTION_PREFIX + sub_id,
-                                   body={"pending_query": es_query["query"]}, refresh="true")
+                                   body={"pending_query": es_query["query"], "pending": True}, refresh="true")
 
     def remove_subscription_query(self, replica: str, sub_id: str) -> None:
         name = self._index(replica)
@@ -363,16 +368,25 @@ class ElasticsearchSearchIndex(SearchIndex):
         from opensearchpy import helpers
 
         name = self._index(replica)
-        query = {"query": {"percolate": {"field": "query", "document": doc}}}
+        pending = {"bool": {"filter": [{"term": {"pending": True}}], "must_not": [{"exists": {"field": "uuid"}}]}}
+        query = {"query": {"bool": {"should": [{"percolate": {"field": "query", "document": doc}}, pending]}}}
         with _translated(SearchIndexError):
             # One request for the usual case; a scroll only when more subscriptions match than one page holds.
-            response = self._client.search(index=name, body=query, size=_PERCOLATE_PAGE, _source=False,
+            response = self._client.search(index=name, body=query, size=_PERCOLATE_PAGE, _source=["pending_query"],
                                            track_total_hits="true")
             hits = response["hits"]["hits"]
             if response["hits"]["total"]["value"] > len(hits):
-                hits = list(helpers.scan(self._client, index=name, query=query, _source=False))
-        return sorted(hit["_id"][len(SUBSCRIPTION_PREFIX):] for hit in hits
-                      if hit["_id"].startswith(SUBSCRIPTION_PREFIX))
+                hits = list(helpers.scan(self._client, index=name, query=query, _source=["pending_query"]))
+        matched, waiting = [], {}
+        for hit in hits:
+            if not hit["_id"].startswith(SUBSCRIPTION_PREFIX):
+                continue
+            sub_id = hit["_id"][len(SUBSCRIPTION_PREFIX):]
+            if "pending_query" in (hit.get("_source") or {}):
+                waiting[sub_id] = {"query": hit["_source"]["pending_query"]}
+            else:
+                matched.append(sub_id)
+        return sorted(matched + (_match_pending(waiting, doc) if waiting else []))
 
     # ----------------------------------------------------------------------------------- admin
 
@@ -386,6 +400,14 @@ class ElasticsearchSearchIndex(SearchIndex):
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._client.close()
+
+
+def _match_pending(queries: Mapping[str, Mapping[str, Any]], doc: Mapping[str, Any]) -> list[str]:
+    """The pending subscriptions that match `doc`, decided as the embedded engine decides them."""
+    fields = FieldMap()
+    percolator = Percolator()
+    percolator.load(queries, fields, version=None)
+    return percolator.match(analyse(doc, fields), fields)
 
 
 # Queries that read other documents or indices of the cluster, or run scripts on it: a search may read
