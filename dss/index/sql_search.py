@@ -12,7 +12,9 @@ distinct terms that qualify, then fetch their documents.
 """
 from __future__ import annotations
 
+import itertools
 import json
+import operator
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -74,6 +76,9 @@ class DocSet:
 
 ALL = DocSet(frozenset(), True)
 NONE = DocSet(frozenset())
+
+
+_FIRST = operator.itemgetter(0)
 
 
 def _expand(codes: str) -> Iterable[int]:
@@ -187,11 +192,10 @@ class SqlEvaluator:
     # ------------------------------------------------------------------------------------- leaves
 
     def _rows(self, sql: str, params: Iterable[Any], within: Within = None) -> frozenset[int]:
-        """The documents of the posting lists `sql` selects (as `docs`), restricted to `within`."""
-        rows: set[int] = set()
-        for (codes,) in self.conn.execute(sql, list(params)):
-            rows.update(_expand(codes))
-        return frozenset(rows if within is None else rows & within)
+        """The documents of the posting lists `sql` selects (as `docs`), restricted to `within`. Each
+        set is built once, in C: with `within`, only its members are kept as the postings stream by."""
+        docs = itertools.chain.from_iterable(map(_expand, map(_FIRST, self.conn.execute(sql, list(params)))))
+        return frozenset(docs) if within is None else within.intersection(docs)
 
     def _field(self, space: str, name: str) -> Where | None:
         """The condition selecting a field's entries, None when it has none. Tokens are those of its
@@ -238,13 +242,13 @@ class SqlEvaluator:
         return sql, params
 
     def _docs_with_values(self, field: Where, values: list[Any], within: Within) -> DocSet:
-        rows: set[int] = set()
+        found = []
         for start in range(0, len(values), _CHUNK):
             chunk = values[start:start + _CHUNK]
             marks = ",".join("?" * len(chunk))
-            rows.update(self._rows(f"SELECT docs FROM {self.postings} WHERE {field[0]} AND value IN ({marks})",
-                                   [*field[1], *chunk], within))
-        return DocSet(frozenset(rows))
+            found.append(self._rows(f"SELECT docs FROM {self.postings} WHERE {field[0]} AND value IN ({marks})",
+                                    [*field[1], *chunk], within))
+        return DocSet(found[0] if len(found) == 1 else frozenset().union(*found))
 
     def _distinct_values(self, field: Where, low: str | None = None, high: str | None = None) -> list[str]:
         sql = f"SELECT DISTINCT value FROM {self.postings} WHERE {field[0]}"
