@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.run import HEADER, ROWS, MiB, Server, row, timed  # noqa: E402
 from dss.checksums import checksum_stream, s3_part_size  # noqa: E402
 from dss.identifiers import new_version  # noqa: E402
-from tests.infra.storage_servers import _server_process  # noqa: E402
+from tests.infra.storage_servers import server_process  # noqa: E402
 
 POLL = 0.05  # seconds between polls of a status; small against every figure measured
 DEADLINE = 1800.0  # seconds: a bound only a hang reaches
@@ -55,7 +55,7 @@ def moto_s3(workdir: Path) -> Iterator[str]:
     """moto's S3 server on loopback (as `tests/infra/storage_servers.py` runs it), with this process's boto3
     pointed at it and nothing of the developer's own AWS configuration; the environment is restored after."""
     saved = dict(os.environ)
-    with _server_process("moto", workdir / "moto.log") as url:
+    with server_process(workdir / "moto.log", "tests.infra.storage_servers", "moto") as url:
         for name in [name for name in os.environ if name.startswith("AWS_")]:
             del os.environ[name]
         os.environ.update({"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing",
