@@ -33,12 +33,10 @@ import requests
 
 from tests.infra.dss_server import REPO, free_port
 
-__all__ = ["Engine", "OPENSEARCH", "ELASTICSEARCH7", "ENGINES", "opensearch_url", "elasticsearch7_url",
-           "engine_url",
+__all__ = ["Engine", "OPENSEARCH", "ELASTICSEARCH7", "ENGINES", "opensearch_url", "elasticsearch7_url", "engine_url",
            "unique_stage", "start_node", "SearchNode", "search_server_env", "search_engine_env", "ALL_ENGINES"]
 
 logger = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
