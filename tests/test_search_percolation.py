@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 
 from dss.index import InvalidQuery, SearchIndex, open_search_index
+from dss.index.elasticsearch import SUBSCRIPTION_PREFIX
 from tests.fixtures.hca_corpus import generate_bundles
 from tests.fixtures.search.backends import BACKENDS, close_backend, is_embedded, open_backend
 from tests.infra.opensearch import ENGINES
@@ -92,6 +93,8 @@ def test_real_engines_keep_subscriptions_on_unmapped_fields_pending(tmp_path: An
         with pytest.raises(InvalidQuery):  # still validated: only the unmapped field is let through
             index.add_subscription_query(REPLICA, "bad", {"query": {"no_such_query": {"files.new_json.x": 1}}})
         new_doc = {"uuid": "b", "manifest": {"version": "1"}, "files": {"new_json": [{"colour": "red", "count": 12}]}}
+        stored = index._client.get(index=index.index_name(REPLICA), id=SUBSCRIPTION_PREFIX + "without")  # type: ignore[attr-defined]
+        assert "pending_query" in stored["_source"]  # refused by the node as a percolator query, so far
         assert index.percolate(REPLICA, new_doc) == ["count", "later"]  # still pending, decided here
         old_doc = {"uuid": "d", "files": {"old_json": [{"x": 2}]}}
         assert index.percolate(REPLICA, old_doc) == ["old", "without"]
