@@ -28,6 +28,7 @@ from dss.events.sqs import BusSettings, SQSEventBus, decode, parse_queue_url, pr
 from dss.storage.blobstore import BlobStoreFactory
 from dss.storage.replicas import Replicas
 from tests.infra.dss_server import REPO
+from tests.infra.helpers import poll_until
 from tests.infra.storage_servers import STORE_OPTIONS
 
 DEADLINE = 60.0  # seconds a test waits for the queues to settle: generous for a busy machine
@@ -39,15 +40,6 @@ def _bus(scheme: str = "sns", handlers: tuple[str, ...] = ("a", "b"), **options:
     sns, sqs = boto3.client("sns"), boto3.client("sqs")
     made = provision(resources(settings, handlers), sns, sqs)
     return SQSEventBus(settings, handlers, sns, sqs, topic_arn=made["topic"])
-
-
-def _until(condition: Callable[[], bool], what: str, step: Callable[[], object] = lambda: None) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        step()
-        time.sleep(0.05)
 
 
 def _visible(bus: SQSEventBus, handler: str, dead: bool = False) -> int:
@@ -85,8 +77,8 @@ def test_publish_reaches_every_handler_queue(aws_env, scheme):
     bus.publish(Event("aws", "bundles/one"))
     bus.publish(Event("gcp", "bundles/two"), handlers=("b",))
     for name in seen:
-        _until(lambda n=name: len(seen[n]) >= (2 if n == "b" else 1), f"deliveries to {name}",
-               lambda n=name: bus.receive(n, seen[n].append))
+        poll_until(lambda n=name: len(seen[n]) >= (2 if n == "b" else 1), f"deliveries to {name}",
+                   lambda n=name: bus.receive(n, seen[n].append))
     assert seen == {"a": [Event("aws", "bundles/one")], "b": [Event("aws", "bundles/one"), Event("gcp", "bundles/two")]}
     assert bus.receive("a", seen["a"].append) == 0 and bus.pending() == 0
 
@@ -102,16 +94,16 @@ def test_a_failing_handler_is_retried_dead_lettered_and_redriven(aws_env):
             raise RuntimeError("replica down")
 
     bus.publish(Event("aws", "files/x"))
-    _until(lambda: _visible(bus, "flaky", dead=True) == 1, "the dead letter", lambda: bus.receive("flaky", flaky))
+    poll_until(lambda: _visible(bus, "flaky", dead=True) == 1, "the dead letter", lambda: bus.receive("flaky", flaky))
     assert len(calls) == 3  # max_receives deliveries, then the dead-letter queue
     assert [(d["handler"], json.loads(d["body"])["key"]) for d in bus.dead_letters()] == [("flaky", "files/x")]
     assert bus.pending() == 0
 
     broken = False
     assert bus.redrive(limit=10) == 1
-    _until(lambda: len(calls) == 4, "the re-driven delivery", lambda: bus.receive("flaky", flaky))
+    poll_until(lambda: len(calls) == 4, "the re-driven delivery", lambda: bus.receive("flaky", flaky))
     assert calls[-1] == Event("aws", "files/x")
-    _until(lambda: bus.pending() == 0, "an empty queue", lambda: bus.receive("flaky", flaky))
+    poll_until(lambda: bus.pending() == 0, "an empty queue", lambda: bus.receive("flaky", flaky))
     assert _visible(bus, "flaky", dead=True) == 0
 
 
@@ -123,7 +115,7 @@ def test_redrive_stops_at_its_cap(aws_env):
 
     for n in range(3):
         bus.publish(Event("aws", f"files/{n}"))
-    _until(lambda: _visible(bus, "h", dead=True) == 3, "three dead letters", lambda: bus.receive("h", broken))
+    poll_until(lambda: _visible(bus, "h", dead=True) == 3, "three dead letters", lambda: bus.receive("h", broken))
     assert bus.redrive("h", limit=2) == 2
     assert _visible(bus, "h", dead=True) == 1
 
@@ -152,14 +144,14 @@ def test_deferred_hides_the_message_without_failing_it(aws_env):
             raise Deferred("copy under way", after=2)
 
     bus.publish(Event("aws", "blobs/big"))
-    _until(lambda: len(calls) == 1, "the first delivery", lambda: bus.receive("h", waits_once))
+    poll_until(lambda: len(calls) == 1, "the first delivery", lambda: bus.receive("h", waits_once))
     # Visibility 0 would show a failed message again at once; a deferred one stays hidden for its wait.
     in_flight = bus.sqs.get_queue_attributes(QueueUrl=bus.queue_url("h"), AttributeNames=[
         "ApproximateNumberOfMessagesNotVisible"])["Attributes"]["ApproximateNumberOfMessagesNotVisible"]
     assert _visible(bus, "h") == 0 and int(in_flight) == 1  # the same message, hidden (not a delayed copy)
-    _until(lambda: len(calls) == 2, "the delivery after the wait", lambda: bus.receive("h", waits_once))
+    poll_until(lambda: len(calls) == 2, "the delivery after the wait", lambda: bus.receive("h", waits_once))
     assert calls[1] - calls[0] >= 1.5
-    _until(lambda: bus.pending() == 0, "an empty queue")
+    poll_until(lambda: bus.pending() == 0, "an empty queue")
     assert _visible(bus, "h", dead=True) == 0
 
 
@@ -174,8 +166,8 @@ def test_long_waits_never_dead_letter(aws_env):
             raise Deferred("still copying", after=0)
 
     bus.publish(Event("aws", "blobs/big"))
-    _until(lambda: len(calls) == 4, "four deliveries", lambda: bus.receive("h", waits_thrice))
-    _until(lambda: bus.pending() == 0, "an empty queue")
+    poll_until(lambda: len(calls) == 4, "four deliveries", lambda: bus.receive("h", waits_thrice))
+    poll_until(lambda: bus.pending() == 0, "an empty queue")
     assert _visible(bus, "h", dead=True) == 0
 
 
@@ -196,11 +188,11 @@ def test_a_duplicate_delivery_changes_nothing(aws_env, new_s3_bucket):
     sync = SyncHandler(replicas, bus)
     key = _blob(replicas["aws"], b"replicate me")
     bus.publish(Event("aws", key))
-    _until(lambda: replicas["gcp"].exists(key), "the copy", lambda: bus.receive("sync", sync))
+    poll_until(lambda: replicas["gcp"].exists(key), "the copy", lambda: bus.receive("sync", sync))
     copied, listing = replicas["gcp"].head(key), list(replicas["gcp"].list(""))
 
     bus.publish(Event("aws", key))  # the same event again, as SQS may deliver it
-    _until(lambda: bus.pending() == 0, "the duplicate handled", lambda: bus.receive("sync", sync))
+    poll_until(lambda: bus.pending() == 0, "the duplicate handled", lambda: bus.receive("sync", sync))
     assert replicas["gcp"].head(key) == copied and list(replicas["gcp"].list("")) == listing
     assert replicas["gcp"].get(key) == b"replicate me"
     assert _visible(bus, "sync", dead=True) == 0
@@ -223,7 +215,7 @@ def test_a_writer_killed_between_commit_and_publish(aws_env, new_s3_bucket, comm
     def drain(name: str) -> None:
         bus.receive(name, seen[name].append, exists)
 
-    _until(lambda: bus.pending() == 0, "the intents decided", lambda: [drain(name) for name in seen])
+    poll_until(lambda: bus.pending() == 0, "the intents decided", lambda: [drain(name) for name in seen])
     expected = [Event("aws", key)] if committed else []
     assert seen == {"a": expected, "b": expected}
     assert bus.dead_letters() == []
@@ -234,8 +226,8 @@ def test_a_writer_that_lives_publishes_at_once_and_its_intent_only_repeats_it(aw
     seen: list[Event] = []
     with bus.intent([Event("aws", "bundles/k")]):
         pass  # the commit
-    _until(lambda: len(seen) == 2 and bus.pending() == 0, "the publication and the intent",
-           lambda: bus.receive("h", seen.append, lambda event: True))
+    poll_until(lambda: len(seen) == 2 and bus.pending() == 0, "the publication and the intent",
+               lambda: bus.receive("h", seen.append, lambda event: True))
     assert seen == [Event("aws", "bundles/k")] * 2
 
 
@@ -251,7 +243,7 @@ def test_dss_ops_redrives_the_dead_letter_queues_of_the_configured_bus(aws_env, 
         raise RuntimeError("index down")
 
     bus.publish(Event("aws", "bundles/b"), handlers=("index",))
-    _until(lambda: _visible(bus, "index", dead=True) == 1, "the dead letter", lambda: bus.receive("index", broken))
+    poll_until(lambda: _visible(bus, "index", dead=True) == 1, "the dead letter", lambda: bus.receive("index", broken))
     env = {**os.environ, "DSS_DATA_DIR": str(tmp_path / "data"), "DSS_QUEUE_URL": f"sns://{bus.settings.name}",
            "DSS_WORKERS": "0"}
     done = subprocess.run([sys.executable, "scripts/dss-ops.py", "events", "redrive", "--handler", "index"],
@@ -259,8 +251,8 @@ def test_dss_ops_redrives_the_dead_letter_queues_of_the_configured_bus(aws_env, 
     assert done.returncode == 0, done.stderr
     assert "Re-drove 1 " in done.stdout
     seen: list[Event] = []
-    _until(lambda: seen == [Event("aws", "bundles/b")], "the re-driven event",
-           lambda: bus.receive("index", seen.append))
+    poll_until(lambda: seen == [Event("aws", "bundles/b")], "the re-driven event",
+               lambda: bus.receive("index", seen.append))
 
 
 def test_the_embedded_queue_redrives_its_dead_letters_too(tmp_path):

@@ -35,9 +35,9 @@ from dss.events.sqs import BusSettings, SQSEventBus, provision, resources
 from dss.storage.blobstore import STAGED_PARTS_PREFIX, BlobStoreFactory
 from dss.storage.replicas import Replicas
 from tests.infra.gcs_events import GCSEventServers, publish
+from tests.infra.helpers import poll_until
 from tests.infra.storage_servers import STORE_OPTIONS
 
-DEADLINE = 60.0  # seconds a test waits for something to arrive: generous for a busy machine
 BLOB = "blobs/" + "a" * 64 + "." + "b" * 40 + "." + "c" * 32 + "." + "d" * 8
 
 
@@ -135,15 +135,6 @@ def test_the_client_signs_in_with_the_runtime_key_or_refuses_without_one(monkeyp
 
 
 # --- end to end on loopback --------------------------------------------------------------------------
-def _until(condition: Callable[[], bool], what: str, step: Callable[[], object] = lambda: None) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        step()
-        time.sleep(0.05)
-
-
 def _bus(topic_arn: str | None = None) -> SQSEventBus:
     settings = BusSettings("sns", f"dss-events-t{uuid.uuid4().hex[:12]}", visibility=0, max_receives=3,
                            intent_delay=0)
@@ -207,7 +198,7 @@ class Loopback:
         self.bus.receive("sync", self.sync)
 
     def settle(self, what: str, condition: Callable[[], bool]) -> None:
-        _until(condition, what, self.step)
+        poll_until(condition, what, self.step)
 
     def blob(self, data: bytes) -> str:
         key = str(checksum_stream(io.BytesIO(data), len(data)).blob_key)
@@ -257,10 +248,10 @@ def test_a_delete_is_relayed_and_replicates_nothing(loopback: Loopback):
     loopback.settle("the copy", lambda: loopback.replicas["aws"].exists(blob))
     loopback.replicas["gcp"].delete(blob)
     seen: list[Event] = []
-    _until(lambda: Event("gcp", blob, "deleted") in seen, "the delete event",
-           lambda: (loopback.relay(), loopback.bus.receive("sync", seen.append)))
+    poll_until(lambda: Event("gcp", blob, "deleted") in seen, "the delete event",
+               lambda: (loopback.relay(), loopback.bus.receive("sync", seen.append)))
     loopback.bus.publish(Event("gcp", blob, "deleted"))
-    _until(lambda: loopback.bus.pending() == 0, "the delete handled", loopback.step)
+    poll_until(lambda: loopback.bus.pending() == 0, "the delete handled", loopback.step)
     assert loopback.replicas["aws"].get(blob) == data  # DSS never removes data from a replica on its own
 
 
@@ -276,7 +267,7 @@ def test_duplicates_and_malformed_messages_are_settled(loopback: Loopback):
     loopback.settle("the copy and every message", lambda: loopback.replicas["aws"].exists(blob)
                     and loopback.report.malformed == 3 and loopback.report.published >= 2)
     listing = list(loopback.replicas["aws"].list(""))
-    _until(lambda: loopback.bus.pending() == 0, "the queue drained", loopback.step)
+    poll_until(lambda: loopback.bus.pending() == 0, "the queue drained", loopback.step)
     assert list(loopback.replicas["aws"].list("")) == listing == [blob]
     assert loopback.replicas["aws"].get(blob) == data
     assert loopback.bus.dead_letters() == []
@@ -289,8 +280,8 @@ def test_a_message_is_not_acked_when_publishing_fails(loopback: Loopback):
     blob = loopback.blob(b"the bus was down")
     broken = _bus(topic_arn=f"arn:aws:sns:us-east-1:123456789012:dss-missing-{uuid.uuid4().hex[:8]}")
     failed: list[RelayReport] = []
-    _until(lambda: bool(failed), "a failed publication",
-           lambda: failed.extend(r for r in [loopback.relay(broken)] if r.released))
+    poll_until(lambda: bool(failed), "a failed publication",
+               lambda: failed.extend(r for r in [loopback.relay(broken)] if r.released))
     assert failed[0].published == 0 and loopback.report.released >= 1
     assert not loopback.replicas["aws"].exists(blob)
     handed_back = set(loopback.subscription.released)
@@ -318,8 +309,8 @@ def test_the_daemon_entry_relays_for_the_runtime_gcp_replica(loopback: Loopback,
     try:
         blob = loopback.blob(b"through the daemon entry")
         reports: list[dict[str, int]] = []
-        _until(lambda: any(r["published"] for r in reports), "the relayed event",
-               lambda: reports.append(relay_for_runtime(runtime, time.time() + 3)))
+        poll_until(lambda: any(r["published"] for r in reports), "the relayed event",
+                   lambda: reports.append(relay_for_runtime(runtime, time.time() + 3)))
         assert runtime.bus.receive("sync", runtime.handlers["sync"]) == 1
         assert loopback.replicas["aws"].get(blob) == b"through the daemon entry"
     finally:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -22,13 +21,13 @@ from dss.events import Event
 from dss.events.bus import Deferred
 from dss.events.s3_events import event_for, events, provision_notification, topic_name
 from dss.events.sqs import BusSettings, SQSEventBus, decode_all, provision, resources
+from tests.infra.helpers import poll_until
 
 BUCKET = "dss-test-replica"
 BLOB = "blobs/" + ".".join(("a" * 64, "b" * 40, "c" * 32, "d" * 8))
 FILE = "files/0a1b2c3d-0000-4000-8000-0000000000f1.2026-12-01T013715.000000Z"
 BUNDLE = "bundles/0a1b2c3d-0000-4000-8000-0000000000b1.2026-12-01T013715.000000Z"
 TOMBSTONE = "bundles/0a1b2c3d-0000-4000-8000-0000000000b1.dead"
-DEADLINE = 60.0  # seconds a functional test waits for a message: generous for a busy machine
 
 
 def record(key: str, name: str = "ObjectCreated:Put", bucket: str = BUCKET, encode: bool = True) -> dict[str, Any]:
@@ -152,15 +151,6 @@ def _bus(handlers: tuple[str, ...], bucket: str | None = None) -> tuple[SQSEvent
     return SQSEventBus(settings, handlers, sns, sqs, topic_arn=made["topic"]), made
 
 
-def _until(condition: Callable[[], bool], what: str, step: Callable[[], object]) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        step()
-        time.sleep(0.05)
-
-
 def test_each_record_goes_to_the_handler_and_a_failure_keeps_the_message(aws_env: str) -> None:
     bus, _ = _bus(("h",))
     seen: list[Event] = []
@@ -191,8 +181,8 @@ def test_a_deferred_record_of_several_goes_on_as_a_message_of_its_own(aws_env: s
     assert bus.handle("h", defers_the_blob_once, {"Records": [{"messageId": "m", "receiptHandle": "unused",
                                                                "body": body}]}, s3_bucket=BUCKET) == \
         {"batchItemFailures": []}
-    _until(lambda: calls.count(Event("aws", BLOB)) == 2, "the deferred blob's own message",
-           lambda: bus.receive("h", defers_the_blob_once, s3_bucket=BUCKET))
+    poll_until(lambda: calls.count(Event("aws", BLOB)) == 2, "the deferred blob's own message",
+               lambda: bus.receive("h", defers_the_blob_once, s3_bucket=BUCKET))
     assert calls.count(Event("aws", FILE)) == 1
 
 
@@ -211,7 +201,7 @@ def test_a_write_to_the_bucket_reaches_every_handler_queue(aws_env: str, new_s3_
         for handler, got in seen.items():
             bus.receive(handler, got.append, s3_bucket=bucket)
 
-    _until(lambda: all(len(got) == 2 for got in seen.values()), "the events in every queue", receive_all)
-    _until(lambda: bus.pending() == 0, "empty queues (the staged part's message dropped)", receive_all)
+    poll_until(lambda: all(len(got) == 2 for got in seen.values()), "the events in every queue", receive_all)
+    poll_until(lambda: bus.pending() == 0, "empty queues (the staged part's message dropped)", receive_all)
     for got in seen.values():
         assert sorted(got, key=lambda e: e.action) == [Event("aws", FILE, "created"), Event("aws", FILE, "deleted")]

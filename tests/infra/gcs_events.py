@@ -35,6 +35,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.infra.storage_servers import stop_process
+
 GCP_PROJECT = "dss-test"
 STAGE = "test"  # the stage whose names (dss-gs-events-<stage>) the session's servers use
 _STARTUP_TIMEOUT = 90.0  # seconds: the JVM of the Pub/Sub emulator is slow to start on a busy machine
@@ -86,18 +88,9 @@ def _wait_ready(process: subprocess.Popen, url: str, log_path: Path, what: str) 
             if requests.get(url, timeout=2).status_code < 500:
                 return True
         time.sleep(0.1)
-    _stop(process)
+    stop_process(process)
     log = log_path.read_text(errors="replace")[-4000:] if log_path.exists() else ""
     raise RuntimeError(f"{what} did not answer at {url} within {_STARTUP_TIMEOUT:.0f} s:\n{log}")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 @contextlib.contextmanager
@@ -114,7 +107,7 @@ def _serve(command: list[str], probe: str, log_path: Path, what: str, env: dict[
             try:
                 yield port
             finally:
-                _stop(process)
+                stop_process(process)
             return
     log = log_path.read_text(errors="replace")[-4000:] if log_path.exists() else ""
     raise RuntimeError(f"{what} exited at start-up {_ATTEMPTS} times:\n{log}")

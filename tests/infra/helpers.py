@@ -1,7 +1,9 @@
-"""Small helpers for API tests: stage bytes, register files and bundles through the real API."""
+"""Small helpers for API tests: stage bytes, register files and bundles through the real API; poll."""
 from __future__ import annotations
 
+import time
 import uuid as uuidlib
+from collections.abc import Callable
 from pathlib import Path
 
 import requests
@@ -41,3 +43,15 @@ def put_bundle(dss, files: list[dict], bundle_uuid: str | None = None, version: 
     bundle_uuid, version = bundle_uuid or new_uuid(), version or new_version()
     return requests.put(f"{dss.url}/v1/bundles/{bundle_uuid}", params={"version": version, "replica": replica},
                         headers=dss.auth(), json={"files": files, "creator_uid": creator_uid})
+
+
+def poll_until(condition: Callable[[], bool], what: str, step: Callable[[], object] = lambda: None,
+               timeout: float = 60.0) -> None:
+    """Calls `step` until `condition` holds; AssertionError naming `what` after `timeout` seconds (generous:
+    a busy machine)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        step()
+        time.sleep(0.05)

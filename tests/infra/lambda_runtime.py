@@ -263,26 +263,16 @@ def _gateway() -> None:
 @contextlib.contextmanager
 def start_gateway(environment: Mapping[str, str], endpoint: str, log_path: Path) -> Iterator[str]:
     """The API gateway process (module docstring) with the API function's `environment`; yields its URL."""
-    from tests.infra.storage_servers import _read_url
+    from tests.infra.storage_servers import server_process
 
     scratch = Path(tempfile.mkdtemp(prefix="dss-api-"))
     env = {**_base_environment(scratch), **environment, **aws_environment(endpoint),
            "AWS_LAMBDA_FUNCTION_NAME": f"dss-{environment.get('DSS_DEPLOYMENT_STAGE', 'local')}-api",
            "DSS_DATA_DIR": str(scratch / "dss")}
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", __name__, "gateway"], cwd=REPO, env=env,
-                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
     try:
-        yield _read_url(process, log_path)
+        with server_process(log_path, __name__, "gateway", env=env) as url:
+            yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
         shutil.rmtree(scratch, ignore_errors=True)
 
 

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,21 +48,27 @@ def _read_url(process: subprocess.Popen, log_path: Path) -> str:
     return line
 
 
+def stop_process(process: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 10 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @contextlib.contextmanager
-def server_process(log_path: Path, module: str, *args: str) -> Iterator[str]:
-    """Runs `python -m module args…`, which prints its URL on its first line when it serves; yields it."""
+def server_process(log_path: Path, module: str, *args: str, env: Mapping[str, str] | None = None) -> Iterator[str]:
+    """Runs `python -m module args…` (in `env` if given), which prints its URL on its first line when it
+    serves; yields it."""
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", module, *args], cwd=_REPO,
+        process = subprocess.Popen([sys.executable, "-m", module, *args], cwd=_REPO, env=env,
                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
     try:
         yield _read_url(process, log_path)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         if process.stdout is not None:
             process.stdout.close()
 
