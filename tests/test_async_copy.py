@@ -230,11 +230,12 @@ def test_workflow_journal_setting(async_env, tmp_path):
 
 # --- the unmodified hca client through the 202 path --------------------------------------------------
 
-def upload_directory(tmp_path: Path, big: int) -> tuple[Path, dict[str, bytes]]:
+def upload_directory(tmp_path: Path, big: int, metadata_name: str = "meta/donor_0.json",
+                     ) -> tuple[Path, dict[str, bytes]]:
     """A directory for `hca dss upload`: one file of `big` bytes, one small file, one metadata JSON."""
     source = tmp_path / "upload"
     files = {"big.bin": os.urandom(big), "small.txt": b"below the threshold\n" * 10,
-             "meta/donor_0.json": json.dumps({"organism": "Homo sapiens"}).encode()}
+             metadata_name: json.dumps({"organism": "Homo sapiens"}).encode()}
     for name, data in files.items():
         (source / name).parent.mkdir(parents=True, exist_ok=True)
         (source / name).write_bytes(data)

@@ -44,6 +44,7 @@ from tests.infra.loopback_cloud import Deployment, deploy, describe
 from tests.infra.opensearch import unique_stage
 from tests.infra.receivers import Receiver, verify_cavage
 from tests.infra.storage_servers import GCP_PROJECT
+from tests.test_async_copy import upload_directory
 
 pytestmark = pytest.mark.slow  # needs the hca client, which `make test` installs
 
@@ -155,17 +156,6 @@ def cloud(lambda_server: tuple[str, Path], opensearch_url: str,
             yield Cloud(deployment, gcs, storage, staging, hca_env, scratch)
 
 
-def upload_directory(root: Path, big: int) -> tuple[Path, dict[str, bytes]]:
-    """A directory for `hca dss upload`: one file of `big` bytes, a small one, and an indexed metadata file."""
-    source = root / "upload"
-    files = {"big.bin": os.urandom(big), "small.txt": b"below the threshold\n" * 10,
-             "donor_organism_0.json": json.dumps({"organism": "Homo sapiens"}).encode()}
-    for name, data in files.items():
-        (source / name).parent.mkdir(parents=True, exist_ok=True)
-        (source / name).write_bytes(data)
-    return source, files
-
-
 class _Phases:
     """Prints how long each part of the story took (for the README's figures; nothing is asserted)."""
 
@@ -194,7 +184,8 @@ def test_hca_upload_replicates_indexes_notifies_checks_out_and_downloads_from_gc
             "--es-query", json.dumps({"query": {"match": {"files.donor_organism_json.organism": "Homo sapiens"}}}),
             "--hmac-secret-key", SECRET, "--hmac-key-id", "cloud-key"))["uuid"]
 
-        source, files = upload_directory(cloud.cwd, 300 * MiB + 17)
+        # the metadata file is indexed as files.donor_organism_json
+        source, files = upload_directory(cloud.cwd, 300 * MiB + 17, "donor_organism_0.json")
         uploaded = json.loads(cloud.hca("dss", "upload", "--src-dir", str(source), "--replica", "aws",
                                         "--staging-bucket", cloud.staging_bucket, "--no-progress"))
         bundle_uuid, version = uploaded["bundle_uuid"], uploaded["version"]
