@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-__all__ = ["client"]
+__all__ = ["client", "error_code"]
 
 _lock = threading.Lock()
 
@@ -23,3 +23,9 @@ def client(service: str, **options: Any) -> Any:
 
     with _lock:
         return boto3.client(service, **options)  # type: ignore[call-overload]
+
+
+def error_code(error: BaseException) -> str:
+    """The AWS error code of a botocore ClientError (`NoSuchKey`, …); "" for any other exception."""
+    response = getattr(error, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))

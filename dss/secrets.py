@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from dss.aws import error_code
 from dss.config import Config, ConfigError
 
 __all__ = ["SECRET_NAMES", "SecretStore", "LocalSecretStore", "SecretsManagerStore", "SecretsError", "MissingSecret",
@@ -203,7 +204,7 @@ class SecretsManagerStore(SecretStore):
         return cls(prefix, aws.client("secretsmanager"))
 
     def _error(self, action: str, name: str, exc: Exception) -> SecretsError:
-        code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
+        code = error_code(exc) or type(exc).__name__
         return SecretsError(f"Secrets Manager refused to {action} {self.prefix}{name}: {code}")
 
     def get(self, name: str) -> str | None:
@@ -220,7 +221,7 @@ class SecretsManagerStore(SecretStore):
                 value = bytes(reply["SecretBinary"]).decode()
         except ClientError as exc:
             # Not found: no such secret, or one created with no value yet (no AWSCURRENT version).
-            if exc.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
+            if error_code(exc) != "ResourceNotFoundException":
                 raise self._error("read", name, exc) from exc
             value = None
         except BotoCoreError as exc:
@@ -237,7 +238,7 @@ class SecretsManagerStore(SecretStore):
             try:
                 self.client.create_secret(Name=self.prefix + name, SecretString=value)
             except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") != "ResourceExistsException":
+                if error_code(exc) != "ResourceExistsException":
                     raise
                 self.client.put_secret_value(SecretId=self.prefix + name, SecretString=value)
         except (ClientError, BotoCoreError) as exc:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dss.aws import error_code
 from dss.events.s3_events import provision_notification
 from dss.events.sqs import provision as provision_bus
 from dss.workflows.binding import lambda_arns
@@ -198,7 +199,7 @@ def provision_emulators(definitions: Definitions, endpoint: str | None = None, *
 
 
 def _exists(error: Exception, *codes: str) -> bool:
-    return str(getattr(error, "response", {}).get("Error", {}).get("Code", "")) in codes
+    return error_code(error) in codes
 
 
 def _buckets(s3: Any, definitions: Definitions, region: str) -> None:

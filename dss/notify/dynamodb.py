@@ -48,6 +48,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from dss.aws import error_code
 from dss.config import DEFAULT_NOTIFY_DELAYS
 from dss.notify.delivery import Delivery
 from dss.notify.queue import (
@@ -112,7 +113,7 @@ def create_table(client: Any, name: str) -> None:
     try:
         client.create_table(**table_schema(name))
     except ClientError as e:
-        if _error_code(e) != "ResourceInUseException":
+        if error_code(e) != "ResourceInUseException":
             raise TableError(f"cannot create DynamoDB table {name!r}: {e}") from e
     client.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
 
@@ -159,11 +160,6 @@ def _py(value: Mapping[str, Any]) -> Any:
 
 def _item(raw: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _py(v) for k, v in raw.items()}
-
-
-def _error_code(error: Exception) -> str:
-    response = getattr(error, "response", None) or {}
-    return str(response.get("Error", {}).get("Code", ""))
 
 
 class _ConditionFailed(Exception):
@@ -325,7 +321,7 @@ class DynamoDBDeliveryStore(DeliveryQueue):
         try:
             return getattr(self._client, operation)(TableName=self.table_name, **arguments)
         except ClientError as e:
-            code = _error_code(e)
+            code = error_code(e)
             if code == "ConditionalCheckFailedException":
                 raise _ConditionFailed() from e
             if code == "ResourceNotFoundException":

@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from dss.aws import error_code
 from dss.tables import Table, TableConflict, TableError
 
 __all__ = ["DynamoDBTable", "dynamodb_client"]
@@ -21,11 +22,6 @@ def dynamodb_client(region: str | None = None) -> Any:
     from dss import aws
 
     return aws.client("dynamodb", region_name=region)
-
-
-def _error_code(error: Exception) -> str:
-    response = getattr(error, "response", None) or {}
-    return str(response.get("Error", {}).get("Code", ""))
 
 
 class DynamoDBTable(Table):
@@ -43,7 +39,7 @@ class DynamoDBTable(Table):
         try:
             yield
         except ClientError as e:
-            code = _error_code(e)
+            code = error_code(e)
             if code == "ConditionalCheckFailedException":  # only conditional puts carry a condition
                 raise TableConflict(f"an item already exists under those keys in {self.name!r}") from e
             if code == "ResourceNotFoundException":
@@ -64,7 +60,7 @@ class DynamoDBTable(Table):
                     AttributeDefinitions=[{"AttributeName": "hash_key", "AttributeType": "S"},
                                           {"AttributeName": "sort_key", "AttributeType": "S"}])
             except ClientError as e:
-                if _error_code(e) != "ResourceInUseException":  # it exists, or another process is creating it
+                if error_code(e) != "ResourceInUseException":  # it exists, or another process is creating it
                     raise
             self._client.get_waiter("table_exists").wait(TableName=self.name,
                                                          WaiterConfig={"Delay": 1, "MaxAttempts": 60})

@@ -96,10 +96,6 @@ def _translated(key: str) -> Iterator[None]:
         raise translate_error(exc, key) from exc
 
 
-def _error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
 class _Stream:
     """A GetObject body whose read errors arrive as BlobStore errors."""
 
@@ -311,7 +307,7 @@ class S3BlobStore(BlobStore):
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=key, **ranged)
         except ClientError as exc:
-            if _error_code(exc) == "InvalidRange":  # start at or past the end, as with a file
+            if aws.error_code(exc) == "InvalidRange":  # start at or past the end, as with a file
                 return _EmptyStream()  # type: ignore[return-value]
             raise translate_error(exc, key) from exc
         except BotoCoreError as exc:
@@ -435,7 +431,7 @@ class S3BlobStore(BlobStore):
         try:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=session["upload"])
         except ClientError as exc:
-            if _error_code(exc) != "NoSuchUpload":
+            if aws.error_code(exc) != "NoSuchUpload":
                 raise translate_error(exc, key) from exc
 
 
