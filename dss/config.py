@@ -171,6 +171,8 @@ class Config:
     search_refresh_writes: bool = False
     search_aws_sigv4: bool | None = None
     workers: int = 2
+    # how much lower than the API's the CPU priority of background threads is (nice; 0: the same)
+    background_nice: int = 10
     processes: int = 0
     signed_url_ttl: int = 3600
     bundle_file_wait: float = 15.0
@@ -257,6 +259,7 @@ class Config:
             search_aws_sigv4=(None if (env.get("DSS_SEARCH_AWS_SIGV4") or "").strip().lower() in ("", "auto")
                               else _flag(env.get("DSS_SEARCH_AWS_SIGV4"))),
             workers=_int(env, "DSS_WORKERS", 2, minimum=0),
+            background_nice=min(19, _int(env, "DSS_BACKGROUND_NICE", 10, minimum=0)),
             processes=_int(env, "DSS_API_PROCESSES", 0, minimum=0),
             signed_url_ttl=_int(env, "DSS_SIGNED_URL_TTL", 3600, minimum=1),
             bundle_file_wait=_float(env, "DSS_BUNDLE_FILE_WAIT", 15.0),

@@ -1,10 +1,15 @@
-"""Whether a process still runs: what leases, intents and temp files name their owner by."""
+"""Whether a process still runs (what leases, intents and temp files name their owner by), and the CPU
+priority of background threads."""
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from pathlib import Path
 
-__all__ = ["process_identity", "process_running"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["lower_thread_priority", "process_identity", "process_running"]
 
 
 def process_identity(pid: int) -> str | None:
@@ -30,3 +35,18 @@ def process_identity(pid: int) -> str | None:
 def process_running(pid: int) -> bool:
     """Is `pid` a live process (not a zombie)? Pids of other users count as live."""
     return process_identity(pid) is not None
+
+
+def lower_thread_priority(nice: int) -> bool:
+    """Raise the calling thread's nice value by `nice` (Linux schedules threads one by one; a thread
+    starts with the nice value of the thread that starts it, so everything it starts inherits it).
+    False where the system cannot do it for one thread, or refuses."""
+    if nice <= 0 or not hasattr(os, "setpriority") or not os.path.isdir("/proc/self/task"):
+        return False  # elsewhere PRIO_PROCESS with a thread id would renice the whole process, or fail
+    thread = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + nice))
+    except OSError as exc:
+        logger.warning("Could not lower the priority of background threads: %s", exc)
+        return False
+    return True

@@ -22,6 +22,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,7 @@ from dss.identifiers import Replica
 from dss.index.backend import SearchIndex
 from dss.journal import EventJournal
 from dss.journal.compactor import JournalCompactor
+from dss.processes import lower_thread_priority
 from dss.secrets import ServerSecrets
 from dss.storage.blobstore import BlobStoreFactory
 from dss.storage.replicas import Replicas
@@ -247,14 +249,22 @@ class Runtime:
                              started=self.created)
 
     def start(self) -> None:
+        """Start the background workers from a thread of lower CPU priority (`DSS_BACKGROUND_NICE`):
+        every thread they start, down to a copy's digest lanes, inherits it, so the API's requests are
+        served first when copies, checkouts, replication or indexing keep every core busy."""
         if not self._started and self.config.workers:
-            self.workers.start()
-            self.delivery_worker.start()
-            self.reconciler.start()
-            self.compactor.start()
-            self.workflows.run()
+            with ThreadPoolExecutor(1, thread_name_prefix="dss-start-background") as starter:
+                starter.submit(self._start_background).result()
             self._started = True
             logger.info("DSS runtime started: %s", self.config.describe())
+
+    def _start_background(self) -> None:
+        lower_thread_priority(self.config.background_nice)
+        self.workers.start()
+        self.delivery_worker.start()
+        self.reconciler.start()
+        self.compactor.start()
+        self.workflows.run()
 
     def stop(self) -> None:
         if self._started:

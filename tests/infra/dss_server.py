@@ -48,8 +48,11 @@ def wait_for(url: str, timeout: float = 30.0, process: subprocess.Popen | None =
 
 
 def base_env(data_dir: Path, staging: Path, **extra: str) -> dict[str, str]:
+    """The settings every test server shares. Background threads keep the API's CPU priority: a test
+    waits for background work with a deadline, and on a machine busy with other work lowered threads
+    would get a tenth of the CPU (tests/test_background_priority.py checks the lowering itself)."""
     return {"DSS_DATA_DIR": str(data_dir), "DSS_STAGING_ROOTS": str(staging), "DSS_ADMIN_EMAILS": ADMIN,
-            "DSS_BUNDLE_FILE_WAIT": "1", **extra}
+            "DSS_BUNDLE_FILE_WAIT": "1", "DSS_BACKGROUND_NICE": "0", **extra}
 
 
 @dataclass
