@@ -10,9 +10,10 @@ the lock; the clients themselves are.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["client", "error_code"]
+__all__ = ["client", "dynamodb_pages", "error_code"]
 
 _lock = threading.Lock()
 
@@ -29,3 +30,15 @@ def error_code(error: BaseException) -> str:
     """The AWS error code of a botocore ClientError (`NoSuchKey`, …); "" for any other exception."""
     response = getattr(error, "response", None) or {}
     return str(response.get("Error", {}).get("Code", ""))
+
+
+def dynamodb_pages(call: Callable[..., dict[str, Any]], operation: str, **arguments: Any) -> Iterator[dict[str, Any]]:
+    """Every page of a DynamoDB `query` or `scan` (at most 1 MB each), following `LastEvaluatedKey`;
+    `call(operation, **arguments)` makes one request, wrapping its errors as its caller needs."""
+    start: dict[str, Any] | None = None
+    while True:
+        page = call(operation, **arguments, **({"ExclusiveStartKey": start} if start else {}))
+        yield page
+        start = page.get("LastEvaluatedKey")
+        if not start:
+            return

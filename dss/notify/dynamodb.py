@@ -48,7 +48,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from dss.aws import error_code
+from dss.aws import dynamodb_pages, error_code
 from dss.config import DEFAULT_NOTIFY_DELAYS
 from dss.notify.delivery import Delivery
 from dss.notify.queue import (
@@ -331,13 +331,7 @@ class DynamoDBDeliveryStore(DeliveryQueue):
             raise TableError(f"DynamoDB table {self.table_name!r}: {e}") from e
 
     def _pages(self, operation: str, **arguments: Any) -> Iterator[dict[str, Any]]:
-        start: dict[str, Any] | None = None
-        while True:
-            page = self._call(operation, **arguments, **({"ExclusiveStartKey": start} if start else {}))
-            yield page
-            start = page.get("LastEvaluatedKey")
-            if not start:
-                return
+        return dynamodb_pages(self._call, operation, **arguments)
 
     def _get(self, key: str, projection: Sequence[str] | None = None) -> dict[str, Any] | None:
         arguments: dict[str, Any] = {"Key": self._key(key), "ConsistentRead": True}

@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from dss.aws import error_code
+from dss.aws import dynamodb_pages, error_code
 from dss.tables import Table, TableConflict, TableError
 
 __all__ = ["DynamoDBTable", "dynamodb_client"]
@@ -72,32 +72,23 @@ class DynamoDBTable(Table):
     def _put(self, hash_key: str, sort_key: str, body: dict[str, Any], if_absent: bool) -> None:
         item = {**self._key(hash_key, sort_key), "body": {"S": json.dumps(body)}}
         condition = {"ConditionExpression": "attribute_not_exists(hash_key)"} if if_absent else {}
-        with self._translated():
-            self._client.put_item(TableName=self.name, Item=item, **condition)
+        self._call("put_item", Item=item, **condition)
 
     def _get(self, hash_key: str, sort_key: str) -> dict[str, Any] | None:
-        with self._translated():
-            item = self._client.get_item(TableName=self.name, Key=self._key(hash_key, sort_key),
-                                         ConsistentRead=True).get("Item")
+        item = self._call("get_item", Key=self._key(hash_key, sort_key), ConsistentRead=True).get("Item")
         return json.loads(item["body"]["S"]) if item else None
 
     def _delete(self, hash_key: str, sort_key: str) -> bool:
-        with self._translated():
-            response = self._client.delete_item(TableName=self.name, Key=self._key(hash_key, sort_key),
-                                                ReturnValues="ALL_OLD")
+        response = self._call("delete_item", Key=self._key(hash_key, sort_key), ReturnValues="ALL_OLD")
         return bool(response.get("Attributes"))
 
     def _pages(self, operation: str, **arguments: Any) -> Iterator[dict[str, Any]]:
-        """Follow LastEvaluatedKey: DynamoDB answers at most 1 MB per call."""
-        start: dict[str, Any] | None = None
-        while True:
-            with self._translated():
-                page = getattr(self._client, operation)(TableName=self.name, **arguments,
-                                                        **({"ExclusiveStartKey": start} if start else {}))
-            yield page
-            start = page.get("LastEvaluatedKey")
-            if not start:
-                return
+        return dynamodb_pages(self._call, operation, **arguments)
+
+    def _call(self, operation: str, **arguments: Any) -> dict[str, Any]:
+        """One DynamoDB call on the table; errors become TableError (TableConflict for a failed condition)."""
+        with self._translated():
+            return getattr(self._client, operation)(TableName=self.name, **arguments)
 
     def _query_arguments(self, hash_key: str) -> dict[str, Any]:
         return {"KeyConditionExpression": "hash_key = :h", "ExpressionAttributeValues": {":h": {"S": hash_key}},
