@@ -10,6 +10,9 @@ Each figure against a baseline measured in the same run, in the table style of `
 * `HEAD /files` p99 while four such copies run, against the p99 of the same HEADs on the idle server; and,
   to tell the storage's share from ours, against their p99 while the same S3 work runs with no DSS copy
   (four plain multipart copies and a full read of each object: moto runs on this machine, S3 would not).
+* `HEAD /files` p99 on the embedded default (local replicas, no storage service on the machine) while the
+  server replicates four such files from `aws` to `gcp`, against the idle server's: the share of DSS's own
+  copying and hashing, which runs at the lower priority of background threads (`DSS_BACKGROUND_NICE`).
 * Checkout of a bundle of 1,000 small files (`--quick`: 200) on the embedded default (local replicas and
   checkout stores) until its job is SUCCEEDED, against `cp -r` of the same files plus a `sync` of each copy
   (the local store fsyncs what it writes).
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -194,6 +198,28 @@ def _probe_while(probe: Callable[[], float], work: Callable[[], object]) -> tupl
     return samples, time.perf_counter() - started
 
 
+def _head_prober(server: Server, file_uuid: str, version: str) -> Callable[[], float]:
+    """One HEAD of the file on a kept-alive connection, timed; warmed up before it is returned."""
+    session = requests.Session()
+
+    def head_once() -> float:
+        started = time.perf_counter()
+        status = _head_status(server, file_uuid, version, session)
+        if status != 200:
+            raise RuntimeError(f"HEAD answered {status}")
+        return time.perf_counter() - started
+
+    for _ in range(20):  # warm the connection and the server's caches alike for every run
+        head_once()
+    return head_once
+
+
+def _describe(name: str, samples: list[float], seconds: float | None = None) -> None:
+    took = "" if seconds is None else f" ({seconds:.1f} s)"
+    print(f"  HEAD during {name}{took}: n={len(samples)} p50 {statistics.median(samples) * 1000:.1f} ms, "
+          f"p99 {_p99(samples) * 1000:.1f} ms, max {max(samples) * 1000:.0f} ms", file=sys.stderr)
+
+
 def bench_head_under_copies(server: Server, staging: Staging, idle_count: int, copies: int = 4) -> None:
     """Sequential HEADs of a small file: on the idle server; while the S3 work of `copies` copies runs with
     no DSS involved (plain multipart copies of the staged objects into another bucket, then a full read of
@@ -210,17 +236,7 @@ def bench_head_under_copies(server: Server, staging: Staging, idle_count: int, c
     sources = [staging.stage() for _ in range(copies)]
     server.wait_replicated("files", small_uuid, timeout=DEADLINE)
 
-    session = requests.Session()
-
-    def head_once() -> float:
-        started = time.perf_counter()
-        status = _head_status(server, small_uuid, small_version, session)
-        if status != 200:
-            raise RuntimeError(f"HEAD answered {status}")
-        return time.perf_counter() - started
-
-    for _ in range(20):  # warm the connection and the server's caches alike for every run
-        head_once()
+    head_once = _head_prober(server, small_uuid, small_version)
     idle = [head_once() for _ in range(idle_count)]
 
     other = f"dss-bench-plain-{uuid.uuid4().hex[:8]}"
@@ -261,14 +277,49 @@ def bench_head_under_copies(server: Server, staging: Staging, idle_count: int, c
     idle_p99, plain_p99, busy_p99 = _p99(idle), _p99(storage_only), _p99(busy)
     for name, samples, seconds in (("idle", idle, None), ("storage work alone", storage_only, plain_seconds),
                                    (f"{copies} DSS copies", busy, copied)):
-        took = "" if seconds is None else f" ({seconds:.1f} s)"
-        print(f"  HEAD during {name}{took}: n={len(samples)} p50 {statistics.median(samples) * 1000:.1f} ms, "
-              f"p99 {_p99(samples) * 1000:.1f} ms, max {max(samples) * 1000:.0f} ms", file=sys.stderr)
+        _describe(name, samples, seconds)
     gib = _size_text(staging.size)
     row(f"HEAD /files p99 while {copies} copies of {gib} run (vs idle p99)",
         f"{busy_p99 * 1000:.1f} ms", f"{idle_p99 * 1000:.1f} ms", busy_p99 / idle_p99, "ratio <= 2")
     row(f"HEAD /files p99 while {copies} copies run (vs the same S3 work with no DSS copy: moto's own load)",
         f"{busy_p99 * 1000:.1f} ms", f"{plain_p99 * 1000:.1f} ms", busy_p99 / plain_p99, "-")
+
+
+def bench_head_under_replication(workdir: Path, size: int, idle_count: int, copies: int = 4) -> None:
+    """HEADs of a small file on the embedded default (local replicas) while the server replicates `copies`
+    files of `size` from `aws` to `gcp` (the `sync-large-blob` workflow: every byte moved and hashed by DSS,
+    no storage service on the machine), against the same HEADs on the idle server. The files are
+    registered with the workers off; the server then restarts with them on, and replication begins."""
+    server = Server(workdir, {"DSS_WORKERS": "0"})
+    try:
+        small = server.staging / "small.txt"
+        small.write_bytes(b"small file\n")
+        small_uuid, small_version = str(uuid.uuid4()), new_version()
+        server.put_file(small, small_uuid, small_version).raise_for_status()
+        block = os.urandom(64 * MiB)
+        targets = []
+        for n in range(copies):
+            path = server.staging / f"large-{n}.bin"
+            with open(path, "wb") as out:  # `size` bytes, the first 8 telling the files apart
+                out.write(n.to_bytes(8, "big"))
+                while out.tell() < size:
+                    out.write(block[:size - out.tell()])
+            targets.append(str(uuid.uuid4()))
+            server.put_file(path, targets[-1], new_version()).raise_for_status()
+            path.unlink()
+        subprocess.run(["sync"], check=True)
+        head_once = _head_prober(server, small_uuid, small_version)
+        idle = [head_once() for _ in range(idle_count)]
+        server.restart({"DSS_WORKERS": "2"})  # the default: replication starts
+        head_once = _head_prober(server, small_uuid, small_version)
+        busy, seconds = _probe_while(head_once, lambda: [server.wait_replicated("files", target, timeout=DEADLINE)
+                                                         for target in targets])
+    finally:
+        server.stop()
+    _describe("idle (embedded default)", idle)
+    _describe(f"{copies} local replications", busy, seconds)
+    row(f"HEAD /files p99 while {copies} files of {_size_text(size)} replicate on the embedded default (vs idle p99)",
+        f"{_p99(busy) * 1000:.1f} ms", f"{_p99(idle) * 1000:.1f} ms", _p99(busy) / _p99(idle), "ratio <= 2")
 
 
 def bench_checkout(workdir: Path, count: int) -> None:
@@ -336,6 +387,9 @@ def main() -> int:
         workdir = Path(tmp)
         (workdir / "checkout").mkdir()
         bench_checkout(workdir / "checkout", 200 if args.quick else 1000)
+        (workdir / "replication").mkdir()
+        bench_head_under_replication(workdir / "replication", size, 300 if args.quick else 1000)
+        shutil.rmtree(workdir / "replication")  # 8 GB of replicas at full size
         (workdir / "s3").mkdir()
         with moto_s3(workdir):
             staging = Staging(workdir, size)

@@ -63,6 +63,15 @@ class Server:
         self.token = mint_token(config, KeyStore(config.data_dir / "auth"), "bench@example.org", ["hca"])
         self.url = f"http://127.0.0.1:{config.port}"
         self.log = open(workdir / "server.log", "wb")
+        self._launch()
+
+    def restart(self, extra_env: dict[str, str]) -> None:
+        """Stop the server and start it again on the same data with these settings changed."""
+        self.stop()
+        self.env.update(extra_env)
+        self._launch()
+
+    def _launch(self) -> None:
         self.process = subprocess.Popen([sys.executable, str(REPO / "dss-api")], env=self.env, stdout=self.log,
                                         stderr=subprocess.STDOUT)
         deadline = time.time() + 30
