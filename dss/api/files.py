@@ -1,10 +1,8 @@
 """HTTP adapters for /files/{uuid}: parse, call dss.files, shape the reply."""
 from __future__ import annotations
 
-import re
-
 from dss.api.checkout import check_out_small_json, parse_token, retry_later
-from dss.api.responses import absolute, reply
+from dss.api.responses import absolute, header_value_ok, reply
 from dss.auth import require_group
 from dss.checkout import Pending
 from dss.errors import IllegalArguments
@@ -52,13 +50,9 @@ def put(runtime: Runtime, uuid: str, version: str, body: dict, token_info: dict)
     return reply({"version": result.version}, 201 if result.created else 200)
 
 
-# A header value: printable ISO-8859-1 (RFC 9110 field-value). A CR, LF or NUL would break the download's
-# response (or inject a header); a character beyond Latin-1 cannot be sent at all. Non-ASCII file names
-# travel as RFC 6266 `filename*=UTF-8''…`, which is ASCII.
-_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\xa0-\xff]*")
-
-
 def _check_content_disposition(value: str) -> None:
-    if not _HEADER_VALUE.fullmatch(value):
+    # Sent back on every download, so it must be a valid header value. Non-ASCII file names travel as
+    # RFC 6266 `filename*=UTF-8''…`, which is ASCII.
+    if not header_value_ok(value):
         raise IllegalArguments("content_disposition must be printable ISO-8859-1 text, without line breaks; "
                                "use filename*=UTF-8''… for other characters")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import urllib.parse
 from collections.abc import Mapping
 
@@ -11,7 +12,7 @@ from starlette.responses import Response
 
 from dss.config import Config
 
-__all__ = ["reply", "public_base", "absolute", "next_link", "page_headers"]
+__all__ = ["reply", "public_base", "absolute", "next_link", "page_headers", "header_value_ok"]
 
 
 def reply(body: object, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
@@ -49,3 +50,13 @@ def page_headers(content_key: str, link: str | None) -> dict[str, str]:
     if link:
         headers["Link"] = link
     return headers
+
+
+# A header value: printable ISO-8859-1 or tab (RFC 9110 field-value). A CR, LF or NUL would break the
+# response (or inject a header); a character beyond Latin-1 cannot be sent at all.
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\xa0-\xff]*")
+
+
+def header_value_ok(value: str) -> bool:
+    """Whether `value` can be sent as an HTTP header value unchanged."""
+    return _HEADER_VALUE.fullmatch(value) is not None

@@ -18,6 +18,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from dss.api.responses import header_value_ok
 from dss.runtime import Runtime
 from dss.storage.blobstore import BlobNotFound
 from dss.storage.blobstore.local import LocalBlobStore
@@ -166,12 +167,8 @@ def _serve_blob(runtime: Runtime, request: Request) -> Response:
     except BlobNotFound:
         return _error(404, "not_found", "Cannot find the object")
     disposition = params.get("disposition")
-    if disposition and not _header_safe(disposition):
+    if disposition and not header_value_ok(disposition):
         return _error(400, "illegal_arguments", "The URL's disposition is not a valid header value")
     headers = {"Content-Disposition": disposition} if disposition else None
     return FileResponse(path, media_type=info.content_type, headers=headers, stat_result=path.stat())
 
-
-def _header_safe(value: str) -> bool:
-    """Printable ISO-8859-1, as an HTTP header value must be (no CR, LF or NUL to split or cut it)."""
-    return all(" " <= char <= "~" or "\xa0" <= char <= "\xff" for char in value)
