@@ -20,6 +20,7 @@ import requests
 from dss.events import Event
 from dss.events.handlers.sync import LARGE_BLOB_WORKFLOW, large_copy_name
 from dss.identifiers import BlobKey, new_version
+from dss.workflows.journal import RUNNING
 from tests.infra.dss_server import DSSServer, start_server
 from tests.infra.helpers import new_uuid, put_file, stage_local
 from tests.test_async_copy import upload_directory
@@ -102,6 +103,8 @@ def test_large_blob_replicates_through_the_workflow_and_its_metadata_follows(ser
     wait_until(lambda: gcp.exists(file_key), "the file's replication after its blob")
     assert gcs_bytes(gcs_bucket, blob_key) == data
     assert gcp.get_json(file_key) == metadata
+    # The file follows as soon as the blob is there (its last task); the execution's status after that.
+    wait_until(lambda: all(r.status != RUNNING for r in sync_copies(server)), "the copy's end")
     [copy] = sync_copies(server)
     assert copy.status == "SUCCEEDED" and copy.output["size"] == len(data)
     parts = [e for e in runtime.workflows.journal.events(copy.id) if e.type == "TaskSucceeded"
@@ -135,6 +138,8 @@ def test_hca_upload_and_download_of_300_mib_with_the_gcp_replica(hca, tmp_path: 
                               "--staging-bucket", hca.bucket, "--no-progress"))
     bundle_uuid, version = uploaded["bundle_uuid"], uploaded["version"]
     journal = hca.server.runtime.workflows.journal
+    # The upload returns once the files are on gcp, which their executions' last tasks allow: they end after.
+    wait_until(lambda: not journal.ids(RUNNING), "the executions' end")
     by_workflow: dict[str, list[str]] = {}
     for record in journal.executions(limit=100):
         by_workflow.setdefault(record.workflow, []).append(record.status)
