@@ -23,11 +23,12 @@ from dss.config import Config
 from dss.identifiers import BlobKey, ObjectKey, new_version
 from dss.storage.blobstore.local import LocalBlobStore
 from tests.infra.dss_server import REPO, base_env, free_port, kill_group
-from tests.infra.helpers import new_uuid, stage_local
+from tests.infra.helpers import new_uuid, poll_until, stage_local
 
 # Hang guard for convergence after a restart: generous, for a heavily loaded two-core machine (it
 # normally takes a few seconds).
 CONVERGE = 180.0
+WRITES = 600.0  # hang guard for the writes before the kill (a few seconds on an idle machine)
 
 
 def _writes(url: str, token: str, staging, count: int, acked: list, stop: threading.Event) -> None:
@@ -78,12 +79,18 @@ def test_sigkill_during_writes(tmp_path, staging, dss_process_factory):
     stop = threading.Event()
     writer = threading.Thread(target=_writes, args=(url, token, staging, 100, acked, stop))
     writer.start()
-    deadline = time.time() + 60
-    while len(acked) < 40 and time.time() < deadline and writer.is_alive():
-        time.sleep(0.01)
-    kill_group(server)
-    stop.set()
-    writer.join(30)
+
+    def writer_still_going() -> None:
+        if not writer.is_alive() and len(acked) < 40:
+            raise AssertionError(f"the writes stopped after {len(acked)} acknowledgements, before the kill")
+
+    try:
+        # Kill in the middle of the writes: after 40 acknowledgements however long they take (a hang guard).
+        poll_until(lambda: len(acked) >= 40, "40 acknowledged writes", writer_still_going, timeout=WRITES)
+    finally:
+        kill_group(server)
+        stop.set()
+        writer.join(60)
     assert len(acked) >= 40
 
     aws = LocalBlobStore(str(config.data_dir / "replicas" / "aws"))
@@ -197,7 +204,13 @@ def test_objects_committed_without_an_event_converge_after_restart(tmp_path, sta
         "query": {"match": {"files.cell_json.organ.text": "pancreas"}}}}).json()["results"]
     assert [hit["bundle_fqid"] for hit in hits] == [f"{searchable[0]}.{searchable[1]}"]
     for replica in ("aws", "gcp"):
-        dead = requests.post(f"{url}/v1/search", params={"replica": replica}, timeout=30, json={"es_query": {
-            "query": {"term": {"reason": "crashed"}}}}).json()["results"]
-        assert [hit["bundle_fqid"] for hit in dead] == [f"{deleted_uuid}.{deleted_version}"], replica
+        def tombstones(replica: str = replica) -> list[str]:
+            response = requests.post(f"{url}/v1/search", params={"replica": replica}, timeout=30, json={
+                "es_query": {"query": {"term": {"reason": "crashed"}}}})
+            assert response.status_code == 200, response.text
+            return [hit["bundle_fqid"] for hit in response.json()["results"]]
+
+        # _assert_converged waits for live bundles only: the tombstone's indexing may still be under way
+        poll_until(lambda: tombstones() != [], f"the tombstone indexed in {replica}", timeout=CONVERGE)
+        assert tombstones() == [f"{deleted_uuid}.{deleted_version}"], replica
     assert not any(path.exists() for path in leftovers)

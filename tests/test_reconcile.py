@@ -421,22 +421,37 @@ def test_periodic_passes_follow_the_interval_shared_by_all_processes(tmp_path):
 
 
 def test_one_pass_at_a_time_across_processes(tmp_path):
+    """Another process holds the pass's lock until the test lets it go; no pass may begin meanwhile, and
+    the one waiting begins after the other process let go (by that process's own clock reading, taken
+    before it releases: the parent's delays cannot matter)."""
     state = tmp_path / "reconcile.json"
     holder = subprocess.Popen([sys.executable, "-c", f"""
 import fcntl, sys, time
 handle = open({str(state) + '.lock'!r}, "a+b")
 fcntl.flock(handle, fcntl.LOCK_EX)
 print("locked", flush=True)
-time.sleep(1.5)
-"""], stdout=subprocess.PIPE, text=True)
+sys.stdin.readline()
+print(time.time(), flush=True)  # then it exits, which releases the lock
+"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    began: list[float] = []
+    outcome: list = []
+    loop = ReconcileLoop(lambda stop: began.append(time.time()) or {}, state, 0)
+    waiting = threading.Thread(target=lambda: outcome.append(loop.run(force=True)), daemon=True)
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        locked = time.time()
-        began: list[float] = []
-        loop = ReconcileLoop(lambda stop: began.append(time.time()) or {}, state, 0)
-        assert loop.run(force=True) == {}
-        assert began[0] - locked >= 1.0  # it waited for the other process's pass (a lower bound: load only adds)
+        assert holder.stdin is not None and holder.stdout is not None
+        assert holder.stdout.readline().strip() == "locked"
+        waiting.start()
+        time.sleep(1.0)  # the pass has this long to (wrongly) begin; a busy machine only makes it shorter
+        assert not began, "a pass began while another process held the lock"
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        released = float(holder.stdout.readline())
+        waiting.join(CONVERGE)
+        assert not waiting.is_alive(), "the pass never began after the lock was released"
+        assert outcome == [{}]
+        assert began[0] >= released  # it waited for the other process's pass
     finally:
+        loop.stop()  # a pass still waiting for the lock gives up
         holder.kill()
         holder.wait()
 

@@ -14,6 +14,7 @@ import pytest
 from dss.index import DocumentRejected, SearchIndex, open_search_index
 from dss.index.embedded import EmbeddedSearchIndex
 from tests.fixtures.hca_corpus import generate_bundles
+from tests.infra.helpers import poll_until
 
 REPLICA = "aws"
 ORGAN = "files.specimen_from_organism_json.organ.text"
@@ -180,10 +181,9 @@ def test_the_background_merger_needs_no_refresh(tmp_path: Path, documents: list[
     with open_search_index(f"sqlite://{tmp_path}/search", merge_threshold=16) as index:
         for doc_id, doc in documents:
             index.index(REPLICA, doc_id, doc)
-        deadline = time.monotonic() + 30
-        while _table_count(database, "pending") and time.monotonic() < deadline:
-            time.sleep(0.1)  # the last few go once writes have paused
-        assert _table_count(database, "pending") == 0
+        # the last few go once writes have paused; the timeout is a hang guard only
+        poll_until(lambda: _table_count(database, "pending") == 0, "the background merger to take every "
+                   "pending document", timeout=120)
         assert _table_count(database, "segments") >= 1
         assert len(_ids(index, {"match_all": {}})) == len(documents)
 

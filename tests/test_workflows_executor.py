@@ -236,25 +236,40 @@ def test_execution_names_are_idempotency_keys(tmp_path: Path) -> None:
 
 def test_close_then_resume_continues_where_it_stopped(tmp_path: Path) -> None:
     recorder = Recorder()
+    # Hold blocks until the test lets it go, so that close() comes while it is in flight however late:
+    # Second cannot have run, whatever the load.
+    holding, release, holds = threading.Event(), threading.Event(), [0]
+
+    def hold(payload: Any, context: TaskContext) -> Any:
+        holds[0] += 1
+        holding.set()
+        release.wait(120)  # a hang guard: released right after close()
+        return payload
+
     definition = {"StartAt": "First", "States": {
         "First": _task("test-record", ResultPath="$.first", Next="Pause"),
-        "Pause": {"Type": "Wait", "Seconds": 2, "Next": "Second"},
+        "Pause": {"Type": "Wait", "Seconds": 1, "Next": "Hold"},
+        "Hold": _task("test-hold", ResultPath=None, Next="Second"),
         "Second": _task("test-record", ResultPath="$.second", End=True)}}
-    executor = _executor(tmp_path, {"test-record": recorder})
-    execution_id = executor.start(executor.load(definition, "pausing"), {"x": 1})
-    deadline = time.monotonic() + 60
-    while "WaitStarted" not in [e.type for e in executor.history(execution_id)]:
-        assert time.monotonic() < deadline, "the execution never reached its Wait state"
-        time.sleep(0.05)
-    executor.close()
+    tasks = {"test-record": recorder, "test-hold": hold}
+    executor = _executor(tmp_path, tasks)
+    try:
+        execution_id = executor.start(executor.load(definition, "pausing"), {"x": 1})
+        assert holding.wait(60), "the execution never reached its Hold state"
+    finally:
+        executor.close()
+        release.set()  # the interrupted call returns into the void; the resumed execution's returns at once
     assert len(recorder.calls) == 1
-    with _executor(tmp_path, {"test-record": recorder}) as restarted:
+    with _executor(tmp_path, tasks) as restarted:
         assert restarted.describe(execution_id).status == "RUNNING"
         assert restarted.resume() == [execution_id]
         record = restarted.wait(execution_id, timeout=60)
-        assert "ExecutionResumed" in [e.type for e in restarted.history(execution_id)]
+        events = [e.type for e in restarted.history(execution_id)]
+    assert "ExecutionResumed" in events
     assert record.status == "SUCCEEDED", record
     assert len(recorder.calls) == 2  # First did not run again
+    assert events.count("WaitStarted") == 1  # nor did the Wait before Hold
+    assert holds[0] == 2  # the task in flight at close() ran again
     assert record.output["second"]["seen"]["first"]["seen"] == {"x": 1}
 
 

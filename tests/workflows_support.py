@@ -186,15 +186,17 @@ def _slow_item(log: Path) -> Callable:
 
 
 def child_main(argv: list[str]) -> int:
-    """`<journal> <log> start|resume`: start the durable execution and wait (the test kills us), or
-    resume whatever the journal holds and wait until every execution has ended."""
+    """`<journal> <log> start <items> <seconds>`: start the durable execution over that many items, each
+    lasting that long, and wait (the test kills us); or `<journal> <log> resume`: resume whatever the
+    journal holds and wait until every execution has ended."""
     from dss.workflows import Executor, default_registry
 
     journal, log, mode = Path(argv[0]), Path(argv[1]), argv[2]
     registry = default_registry().overlay({"test-slow-item": _slow_item(log)})
     executor = Executor(journal, registry=registry, max_workers=3)
     if mode == "start":
-        items = [{"item": i, "seconds": 0.5} for i in range(12)]
+        count, seconds = int(argv[3]), float(argv[4])
+        items = [{"item": i, "seconds": seconds} for i in range(count)]
         executor.start(executor.load(DURABLE_DEFINITION, "durable"), {"items": items}, name="durable")
         time.sleep(600)  # the test kills this process long before
         return 1
