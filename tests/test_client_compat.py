@@ -103,7 +103,7 @@ def tls_server(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
             try:
                 requests.get(f"{url}/version", verify=str(cert), timeout=2)
                 break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # as wait_for: a busy machine may answer late
                 assert time.monotonic() < deadline, "the TLS server did not start"
                 time.sleep(0.1)
         yield url, cert, data_dir

@@ -291,7 +291,9 @@ def test_a_subscription_over_its_size_is_refused_with_a_clear_error(dss: DSSServ
 # --- no request holds a thread hostage --------------------------------------------------------------------
 @pytest.fixture
 def waiting_dss(dss_env: dict[str, str]):
-    server = start_server({**dss_env, "DSS_BUNDLE_FILE_WAIT": "5"})
+    # 10 s: long enough that parking every server thread in a wait (the regression below) drives the
+    # flood's later PUTs past the API's 25 s deadline (504) on any machine, fast or busy.
+    server = start_server({**dss_env, "DSS_BUNDLE_FILE_WAIT": "10"})
     yield server
     server.stop()
 
@@ -328,23 +330,27 @@ def test_bundles_waiting_for_missing_files_do_not_starve_other_requests(waiting_
         assert response.status_code in (400, 503), response.text
         assert_problem(response, response.status_code, "file_missing" if response.status_code == 400
                        else "service_unavailable")
-        assert took < 25, took  # a hang guard: at most one wait of 5 s each, well inside the 25 s deadline
+        # A hang guard: at most one wait of 10 s each; one kept past the API's 25 s deadline is a 504, refused above.
+        assert took < 60, took
     assert sum(response.status_code == 400 for _, response in puts) >= 1  # some did wait, and found nothing
     assert heads_answered and all(status == 200 for _, status in heads_answered), heads_answered
-    # A hang guard, not a speed test: with every server thread parked in a wait, HEADs took 15–30 s.
-    assert max(took for took, _ in heads_answered) < 5, heads_answered
+    # A hang guard, not a speed test: HEADs take well under a second even on a loaded machine. With every
+    # server thread parked in a wait they took 15–30 s, and the PUTs queued behind them got 504s (above).
+    assert max(took for took, _ in heads_answered) < 15, heads_answered
 
 
 class _SlowApp:
-    """An ASGI app whose synchronous handler outlives the deadline, or which streams past it."""
+    """An ASGI app whose synchronous handler outlives the deadline (it runs `handler_seconds`, or until
+    `release` is set), or which streams past it."""
 
     def __init__(self, handler_seconds: float, stream_seconds: float = 0) -> None:
         self.handler_seconds, self.stream_seconds = handler_seconds, stream_seconds
+        self.release = threading.Event()
         self.finished = threading.Event()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         def handler() -> None:
-            time.sleep(self.handler_seconds)
+            self.release.wait(self.handler_seconds)
             self.finished.set()
         await run_in_threadpool(handler)
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
@@ -362,19 +368,28 @@ async def _get(app: Any, method: str = "GET", path: str = "/v1/bundles/all") -> 
 
 
 def test_a_request_past_its_deadline_is_answered_504() -> None:
-    slow = _SlowApp(handler_seconds=3)
-    took, response = asyncio.run(_get(DSSHeadersMiddleware(slow, deadline=0.5)))
+    slow = _SlowApp(handler_seconds=60)  # until released below; the 60 s only bound a regression
+
+    async def answer_then_release() -> tuple[httpx.Response, bool]:
+        _, response = await _get(DSSHeadersMiddleware(slow, deadline=0.5))
+        handler_was_done = slow.finished.is_set()
+        slow.release.set()
+        return response, handler_was_done
+
+    response, handler_was_done = asyncio.run(answer_then_release())
     body = assert_problem(response, 504, "timed_out")
     assert body["title"] == "Timed out processing request."
     assert response.headers["Retry-After"] == "10" and "max-age" in response.headers["Strict-Transport-Security"]
-    assert took < 2.5, took  # a hang guard: the answer came before the 3 s handler finished
-    assert slow.finished.wait(10)  # and the handler still ran to its end, in the background
+    assert not handler_was_done  # the answer came while the handler was still held, not after it
+    assert slow.finished.wait(60)  # and the handler still ran to its end, in the background
 
 
 def test_the_deadline_is_for_starting_a_response_not_for_streaming_it() -> None:
-    streaming = _SlowApp(handler_seconds=0, stream_seconds=1)
-    _, response = asyncio.run(_get(DSSHeadersMiddleware(streaming, deadline=0.5)))
+    # 3 s to start the response is generous on a busy machine; the body then streams for 4 s more.
+    streaming = _SlowApp(handler_seconds=0, stream_seconds=4)
+    took, response = asyncio.run(_get(DSSHeadersMiddleware(streaming, deadline=3)))
     assert response.status_code == 200 and response.text == "started and finished"
+    assert took > 3, took  # the whole response did outlast the deadline (it cannot be quicker than its 4 s sleep)
 
 
 def test_file_registration_has_no_deadline() -> None:

@@ -55,7 +55,9 @@ def search(tmp_path: Path) -> Iterator[SearchIndex]:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[DeliveryStore]:
-    with DeliveryStore(tmp_path / "deliveries.sqlite3", delays=(0, 0.2), timeout=2.0, allowlist=LOOPBACK) as s:
+    # A generous request timeout: the receiver runs in this (perhaps busy) process, and an attempt that timed
+    # out would be retried, making a second request where the tests expect exactly one.
+    with DeliveryStore(tmp_path / "deliveries.sqlite3", delays=(0, 0.2), timeout=30.0, allowlist=LOOPBACK) as s:
         yield s
 
 
