@@ -32,7 +32,7 @@ def dss_env(dss_env: dict[str, str], search_engine_env: dict[str, str],
     dss_env.update(delivery_store_env)  # the embedded default, or DynamoDB where DELIVERY_STORES says so
     dss_env["DSS_CALLBACK_ALLOWLIST"] = "127.0.0.1/32"
     dss_env["DSS_NOTIFY_DELAYS"] = "0,1,2"
-    dss_env["DSS_NOTIFY_TIMEOUT"] = "5"
+    dss_env["DSS_NOTIFY_TIMEOUT"] = "30"  # a busy receiver answering late must not look like a failure
     return dss_env
 
 
