@@ -12,10 +12,9 @@ import io
 import json
 import os
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import requests
@@ -23,12 +22,11 @@ import requests
 from dss.checksums import checksum_stream
 from dss.identifiers import new_version
 from tests.infra.dss_server import DSSServer, start_server
-from tests.infra.helpers import new_uuid, put_file, stage_local
+from tests.infra.helpers import new_uuid, poll_until, put_file, stage_local
 from tests.test_hca_client import hca  # noqa: F401 - the fixture that drives the real client
 
 MiB = 1024 * 1024
 HANG_GUARD = 120.0  # seconds; a bound that only a hang exceeds
-T = TypeVar("T")
 
 
 @pytest.fixture
@@ -69,16 +67,6 @@ def head(server: DSSServer, file_uuid: str, version: str) -> requests.Response:
                          timeout=30)
 
 
-def wait_until(condition: Callable[[], T | None], what: str, timeout: float = HANG_GUARD) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = condition()
-        if status is not None:
-            return status
-        time.sleep(0.1)
-    raise AssertionError(f"{what} did not happen within {timeout} s")
-
-
 def settled(server: DSSServer, file_uuid: str, version: str) -> Callable[[], int | None]:
     """HEAD's status once it is no longer 404."""
     def check() -> int | None:
@@ -114,12 +102,13 @@ def test_large_source_answers_202_and_appears_once_copied(server, s3_bucket):
     body = response.json()
     assert body["version"] == version and isinstance(body["task_id"], str)
 
-    assert wait_until(settled(server, file_uuid, version), "the copy") == 200
+    assert poll_until(settled(server, file_uuid, version), "the copy", timeout=HANG_GUARD) == 200
     answer = head(server, file_uuid, version)
     assert answer.headers["X-DSS-SHA256"] == hashlib.sha256(data).hexdigest()
     assert answer.headers["X-DSS-SIZE"] == str(len(data))
     assert download(server, file_uuid, version) == data
-    assert wait_until(ended(server.runtime.workflows.status, body["task_id"]), "the execution's end") == "SUCCEEDED"
+    assert poll_until(ended(server.runtime.workflows.status, body["task_id"]), "the execution's end",
+                      timeout=HANG_GUARD) == "SUCCEEDED"
 
     # The metadata was written through the files domain: its events replicate it like any other file.
     server.runtime.workers.drain(timeout=HANG_GUARD)
@@ -143,12 +132,12 @@ def test_declared_checksum_that_does_not_match_is_422(server, s3_bucket):
 
     response = put_file(server, source, file_uuid, version)
     assert response.status_code == 202, response.text
-    assert wait_until(settled(server, file_uuid, version), "the failure") == 422
+    assert poll_until(settled(server, file_uuid, version), "the failure", timeout=HANG_GUARD) == 422
     problem = requests.get(f"{server.url}/v1/files/{file_uuid}", params={"replica": "aws", "version": version},
                            allow_redirects=False, timeout=30)
     assert problem.status_code == 422 and problem.json()["code"] == "missing_checksum"
-    assert wait_until(ended(server.runtime.workflows.status, response.json()["task_id"]),
-                      "the execution's end") == "FAILED"
+    assert poll_until(ended(server.runtime.workflows.status, response.json()["task_id"]),
+                      "the execution's end", timeout=HANG_GUARD) == "FAILED"
     for replica in ("aws", "gcp"):
         store = server.runtime.replicas[replica]
         assert list(store.list(f"files/{file_uuid}")) == []
@@ -175,7 +164,7 @@ def test_re_put_during_the_copy_returns_the_same_task(server, s3_bucket):
     assert [r.id for r in copies] == [first.json()["task_id"]]
 
     workflows.run()  # an owner appears (as after a restart) and runs what was recorded
-    assert wait_until(settled(server, file_uuid, version), "the copy") == 200
+    assert poll_until(settled(server, file_uuid, version), "the copy", timeout=HANG_GUARD) == 200
     assert download(server, file_uuid, version) == data
 
 
@@ -185,21 +174,21 @@ def test_any_process_starts_one_process_runs(async_env, s3_bucket):
     first = start_server(async_env)
     second = start_server(async_env)
     try:
-        wait_until(lambda: 1 if first.runtime.workflows.owner or second.runtime.workflows.owner else None,
-                   "an owner")
+        poll_until(lambda: bool(first.runtime.workflows.owner or second.runtime.workflows.owner), "an owner",
+                   timeout=HANG_GUARD)
         owner, other = (first, second) if first.runtime.workflows.owner else (second, first)
         assert not other.runtime.workflows.owner
         data = os.urandom(2 * MiB + 3)
         file_uuid, version = new_uuid(), new_version()
         assert put_file(other, stage_s3(s3_bucket, data), file_uuid, version).status_code == 202
-        assert wait_until(settled(other, file_uuid, version), "the copy") == 200
+        assert poll_until(settled(other, file_uuid, version), "the copy", timeout=HANG_GUARD) == 200
 
         owner.runtime.workflows.stop()
-        wait_until(lambda: 1 if other.runtime.workflows.owner else None, "the hand-over")
+        poll_until(lambda: bool(other.runtime.workflows.owner), "the hand-over", timeout=HANG_GUARD)
         data = os.urandom(2 * MiB + 5)
         file_uuid, version = new_uuid(), new_version()
         assert put_file(owner, stage_s3(s3_bucket, data), file_uuid, version).status_code == 202
-        assert wait_until(settled(owner, file_uuid, version), "the copy") == 200
+        assert poll_until(settled(owner, file_uuid, version), "the copy", timeout=HANG_GUARD) == 200
         assert download(owner, file_uuid, version) == data
     finally:
         for server in (first, second):
@@ -214,9 +203,10 @@ def test_failed_copy_is_tried_again_by_a_re_put(server, s3_bucket):
     source = stage_s3(s3_bucket, data, declared=os.urandom(len(data)))
     file_uuid, version = new_uuid(), new_version()
     failed = put_file(server, source, file_uuid, version).json()["task_id"]
-    assert wait_until(settled(server, file_uuid, version), "the failure") == 422
+    assert poll_until(settled(server, file_uuid, version), "the failure", timeout=HANG_GUARD) == 422
     # Until that run has ended (its failure is recorded first) a re-PUT would return it again.
-    assert wait_until(ended(server.runtime.workflows.status, failed), "the failed run's end") == "FAILED"
+    assert poll_until(ended(server.runtime.workflows.status, failed), "the failed run's end",
+                      timeout=HANG_GUARD) == "FAILED"
 
     # The submitter fixes the staged object (right bytes for the declared checksums) and PUTs again.
     bucket, key = source[len("s3://"):].split("/", 1)
@@ -225,7 +215,7 @@ def test_failed_copy_is_tried_again_by_a_re_put(server, s3_bucket):
         {"Key": f"hca-dss-{name}", "Value": value} for name, value in sums.as_dict().items()]})
     retried = put_file(server, source, file_uuid, version)
     assert retried.status_code == 202 and retried.json()["task_id"] != failed
-    assert wait_until(settled(server, file_uuid, version), "the second copy") == 200
+    assert poll_until(settled(server, file_uuid, version), "the second copy", timeout=HANG_GUARD) == 200
     assert download(server, file_uuid, version) == data
 
 
@@ -263,7 +253,8 @@ def _hca_round_trip(run, tmp_path, big: int) -> None:
     journal = run.server.runtime.workflows.journal
     copies = [r.id for r in journal.executions(limit=100) if r.workflow == "blob-copy-write-metadata"]
     # the big file took the 202 path, once (the upload returns once its metadata is there: maybe before the end)
-    assert [wait_until(ended(journal.execution, copy), "the copy's end") for copy in copies] == ["SUCCEEDED"]
+    assert [poll_until(ended(journal.execution, copy), "the copy's end", timeout=HANG_GUARD)
+            for copy in copies] == ["SUCCEEDED"]
 
     out = tmp_path / "download"
     run("dss", "download", "--bundle-uuid", bundle_uuid, "--replica", "aws", "--download-dir", str(out))
@@ -320,7 +311,7 @@ def test_copies_survive_sigkill_of_every_server_process(tmp_path, async_env, s3_
             code = requests.head(f"{url}/v1/files/{file_uuid}", params={"replica": "aws", "version": version},
                                  timeout=30).status_code
             return None if code == 404 else code
-        assert wait_until(status, "the resumed copy") == 200
+        assert poll_until(status, "the resumed copy", timeout=HANG_GUARD) == 200
         got = requests.get(f"{url}/v1/files/{file_uuid}", params={"replica": "aws", "version": version},
                            timeout=60)
         assert got.status_code == 200 and got.content == data
@@ -378,7 +369,7 @@ def test_sigkill_during_a_multipart_copy_copies_no_finished_part_again(tmp_path,
         response = requests.put(f"{url}/v1/files/{file_uuid}", params={"version": version}, headers=auth,
                                 json={"source_url": stage_s3(s3_bucket, data), "creator_uid": 1}, timeout=60)
         assert response.status_code == 202, response.text
-        wait_until(lambda: 1 if watcher.parts else None, "the first staged part")
+        poll_until(lambda: bool(watcher.parts), "the first staged part", timeout=HANG_GUARD)
         kill_group(server)
         staged_at_kill = set(watcher.parts)
         assert watcher.blob_sizes == set() and len(staged_at_kill) < 3  # the kill landed mid-copy
@@ -399,10 +390,11 @@ def test_sigkill_during_a_multipart_copy_copies_no_finished_part_again(tmp_path,
         def resumed() -> int | None:
             code = head_status(url, file_uuid, version)
             return None if code == 404 else code
-        assert wait_until(resumed, "the resumed copy") == 200
+        assert poll_until(resumed, "the resumed copy", timeout=HANG_GUARD) == 200
     finally:
         watcher.stop()
-    assert wait_until(ended(journal.execution, execution_id), "the resumed execution's end") == "SUCCEEDED"
+    assert poll_until(ended(journal.execution, execution_id), "the resumed execution's end",
+                      timeout=HANG_GUARD) == "SUCCEEDED"
     assert sorted(watcher.parts) == ["00001", "00002", "00003"]
     assert all(len(identities) == 1 for identities in watcher.parts.values()), watcher.parts  # each copied once
     scheduled = slice_events("TaskScheduled")

@@ -18,7 +18,7 @@ import requests
 from dss.checkout.freshness import DAY
 from dss.identifiers import BlobKey
 from tests.infra.dss_server import start_server
-from tests.infra.helpers import add_file, new_uuid, put_bundle, put_file, stage_local
+from tests.infra.helpers import add_file, new_uuid, poll_until, put_bundle, put_file, stage_local
 from tests.test_hca_client import hca  # noqa: F401 - the fixture, reused
 
 HANG_GUARD = 120.0  # seconds: only against a hang, never a speed assertion
@@ -36,16 +36,6 @@ def dss_no_wait(no_wait_env):
     server.stop()
 
 
-def _until(predicate, what: str, timeout: float = HANG_GUARD, pause: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(pause)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _token(location: str) -> dict:
     return json.loads(urllib.parse.parse_qs(urllib.parse.urlsplit(location).query)["token"][0])
 
@@ -58,7 +48,8 @@ def _blob_key(dss, file_uuid: str, replica: str = "aws") -> str:
 def _lose_blob(dss, file_uuid: str) -> None:
     """Delete a file's blob from both replicas once replicated: from one alone, replication or the
     reconcile pass would restore it."""
-    _until(lambda: requests.head(f"{dss.url}/v1/files/{file_uuid}", params={"replica": "gcp"}).ok, "replication")
+    poll_until(lambda: requests.head(f"{dss.url}/v1/files/{file_uuid}", params={"replica": "gcp"}).ok, "replication",
+               timeout=HANG_GUARD)
     blob = _blob_key(dss, file_uuid)
     for replica in ("aws", "gcp"):
         dss.runtime.replicas[replica].delete(blob)
@@ -130,7 +121,7 @@ def test_small_json_files_are_checked_out_when_registered(dss_no_wait):
     file_uuid = new_uuid()
     assert put_file(dss, stage_local(dss.staging, document, "organ.json"), file_uuid).status_code == 201
     key = _blob_key(dss, file_uuid)
-    _until(lambda: dss.runtime.checkout.stores["aws"].exists(key), "the eager checkout")
+    poll_until(lambda: dss.runtime.checkout.stores["aws"].exists(key), "the eager checkout", timeout=HANG_GUARD)
     response = requests.get(f"{dss.url}/v1/files/{file_uuid}", params={"replica": "aws"}, allow_redirects=False)
     assert response.status_code == 302  # one redirect, straight to the checkout store
     assert requests.get(response.headers["Location"]).content == document
@@ -165,14 +156,15 @@ def test_an_expired_checkout_is_copied_again_and_a_stale_one_refreshed_while_ser
 
     _age(dss, key, 8)  # past DSS_BLOB_PUBLIC_TTL_DAYS: served at once, copied again in the background
     assert requests.get(url, params=params, allow_redirects=False).status_code == 302
-    _until(lambda: age_days() < 1, "the background refresh")
+    poll_until(lambda: age_days() < 1, "the background refresh", timeout=HANG_GUARD)
 
 
 def test_the_sweep_deletes_expired_checkout_objects_but_keeps_small_json(dss):
     # The server's start-up pass sweeps too: once it is over (recorded), only the forced pass below sees
     # the objects aged here.
     reconciler = dss.runtime.reconciler
-    _until(lambda: reconciler.last_started() >= dss.runtime.created, "the start-up reconcile pass")
+    poll_until(lambda: reconciler.last_started() >= dss.runtime.created, "the start-up reconcile pass",
+               timeout=HANG_GUARD)
     old_bin, old_json = new_uuid(), new_uuid()
     put_file(dss, stage_local(dss.staging, b"\x00" * 100), old_bin)
     put_file(dss, stage_local(dss.staging, b'{"a": 1}', "a.json"), old_json)
@@ -198,7 +190,8 @@ def _status(dss, job_id: str) -> dict:
 
 
 def _finished(dss, job_id: str) -> dict:
-    return _until(lambda: (s := _status(dss, job_id))["status"] != "RUNNING" and s, f"job {job_id}", pause=0.2)
+    return poll_until(lambda: (s := _status(dss, job_id))["status"] != "RUNNING" and s, f"job {job_id}",
+                      timeout=HANG_GUARD, pause=0.2)
 
 
 @pytest.mark.timeout(900)

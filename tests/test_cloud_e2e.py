@@ -24,7 +24,7 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from dss.files import FILE_FORMAT
 from dss.identifiers import new_version
 from tests.infra.dss_server import REPO
 from tests.infra.gcs_events import GCSEventServers, gcs_event_servers
+from tests.infra.helpers import poll_until
 from tests.infra.lambda_runtime import aws_environment, proxy_event
 from tests.infra.loopback_cloud import Deployment, deploy, describe
 from tests.infra.opensearch import unique_stage
@@ -52,19 +53,6 @@ MiB = 1024 * 1024
 HANG_GUARD = 240.0  # seconds; only a hang exceeds it
 SA_EMAIL = "hca-cloud@dss-test.iam.gserviceaccount.com"
 SECRET = "cloud-e2e-hmac-secret"
-
-
-def wait_until(condition: Callable[[], Any], what: str, cloud: Cloud, step: Callable[[], object] = lambda: None,
-               timeout: float = HANG_GUARD) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not done after {timeout} s\n{describe(cloud.deployment)}")
-        step()
-        time.sleep(0.5)
 
 
 def _service_account(path: Path) -> dict:
@@ -191,18 +179,22 @@ def test_hca_upload_replicates_indexes_notifies_checks_out_and_downloads_from_gc
         bundle_uuid, version = uploaded["bundle_uuid"], uploaded["version"]
         phases("hca dss upload (300 MiB on the 202 path)")
         # the 202 path, on Step Functions (its last state may be recorded just after the file is there)
-        wait_until(lambda: _executions(cloud, "blob-copy-write-metadata") == ["SUCCEEDED"], "the copy's end", cloud)
+        poll_until(lambda: _executions(cloud, "blob-copy-write-metadata") == ["SUCCEEDED"], "the copy's end",
+                   timeout=HANG_GUARD, pause=0.5, explain=lambda: describe(cloud.deployment))
 
         # Replication to GCS by the sync Lambda (the big blob through its state machine).
-        wait_until(lambda: requests.get(f"{cloud.api}/v1/bundles/{bundle_uuid}", params={"replica": "gcp"},
-                                        timeout=60).status_code == 200, "the bundle's replication to gcp", cloud)
-        wait_until(lambda: _executions(cloud, "sync-large-blob") == ["SUCCEEDED"], "the sync workflow's end", cloud)
+        poll_until(lambda: requests.get(f"{cloud.api}/v1/bundles/{bundle_uuid}", params={"replica": "gcp"},
+                                        timeout=60).status_code == 200, "the bundle's replication to gcp",
+                   timeout=HANG_GUARD, pause=0.5, explain=lambda: describe(cloud.deployment))
+        poll_until(lambda: _executions(cloud, "sync-large-blob") == ["SUCCEEDED"], "the sync workflow's end",
+                   timeout=HANG_GUARD, pause=0.5, explain=lambda: describe(cloud.deployment))
         phases("replication to gcp")
 
         # Indexing in OpenSearch by the index Lambda, and search through the API.
         query = json.dumps({"query": {"match": {"files.donor_organism_json.organism": "homo SAPIENS"}}})
-        wait_until(lambda: json.loads(cloud.hca("dss", "post-search", "--replica", "aws", "--es-query", query))[
-            "results"], "the bundle's indexing", cloud)
+        poll_until(lambda: json.loads(cloud.hca("dss", "post-search", "--replica", "aws", "--es-query", query))[
+            "results"], "the bundle's indexing", timeout=HANG_GUARD, pause=0.5,
+                   explain=lambda: describe(cloud.deployment))
         found = json.loads(cloud.hca("dss", "post-search", "--replica", "aws", "--es-query", query))
         assert [r["bundle_fqid"] for r in found["results"]] == [f"{bundle_uuid}.{version}"]
         phases("indexing and search")
@@ -212,7 +204,8 @@ def test_hca_upload_replicates_indexes_notifies_checks_out_and_downloads_from_gc
             report, errored = deployment.invoke("notify")
             assert not errored, report
 
-        [hook] = wait_until(lambda: receiver.requests, "the webhook", cloud, step=notify)
+        [hook] = poll_until(lambda: receiver.requests, "the webhook", step=notify, timeout=HANG_GUARD, pause=0.5,
+                            explain=lambda: describe(cloud.deployment))
         verify_cavage(hook, SECRET, "cloud-key")
         body = json.loads(hook.body)
         assert (body["subscription_id"], body["match"]["bundle_uuid"]) == (subscription, bundle_uuid)
@@ -225,7 +218,8 @@ def test_hca_upload_replicates_indexes_notifies_checks_out_and_downloads_from_gc
                                       "--replica", "gcp"))["status"]
         return None if status == "RUNNING" else status
 
-    assert wait_until(checkout_status, "the checkout", cloud) == "SUCCEEDED"
+    assert poll_until(checkout_status, "the checkout", timeout=HANG_GUARD, pause=0.5,
+                      explain=lambda: describe(cloud.deployment)) == "SUCCEEDED"
     phases("checkout")
     out = cloud.cwd / "download-gcp"
     cloud.hca("dss", "download", "--bundle-uuid", bundle_uuid, "--replica", "gcp", "--download-dir", str(out))
@@ -251,7 +245,8 @@ def test_a_write_to_the_gcp_bucket_reaches_s3_through_pubsub_and_the_relay(cloud
         report, errored = deployment.invoke("gs-event-relay")
         assert not errored, report
 
-    wait_until(in_s3, "the gcp write's replication to S3 through the relay", cloud, step=relay)
+    poll_until(in_s3, "the gcp write's replication to S3 through the relay", step=relay, timeout=HANG_GUARD, pause=0.5,
+               explain=lambda: describe(cloud.deployment))
     assert "GCS event relay" in deployment.harness.log(deployment.function("gs-event-relay"))
 
 
@@ -276,7 +271,8 @@ def test_a_write_behind_the_server_back_to_s3_reaches_gcp_through_s3_events(clou
         blob = gcp.get_blob(key)
         return None if blob is None else blob.download_as_bytes()
 
-    assert wait_until(lambda: in_gcs(file_key), "the file's replication to gcp through S3 events", cloud) == metadata
+    assert poll_until(lambda: in_gcs(file_key), "the file's replication to gcp through S3 events",
+                      timeout=HANG_GUARD, pause=0.5, explain=lambda: describe(cloud.deployment)) == metadata
     assert in_gcs(str(sums.blob_key)) == data  # the sync handler copies a file's blob before the file
 
 

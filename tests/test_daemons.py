@@ -11,8 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,21 +20,13 @@ from dss.checksums import checksum_stream
 from dss.events import Event
 from dss.events.sqs import SQSEventBus, parse_queue_url
 from tests.infra.dss_server import REPO
+from tests.infra.helpers import poll_until
 from tests.infra.lambda_runtime import handler_of
 from tests.infra.loopback_cloud import QUEUE_URL, Deployment, deploy, describe, gcs_environment
 from tests.infra.storage_servers import GCP_PROJECT
 
 HANG_GUARD = 120.0  # seconds; only a hang exceeds it
 APPS = sorted(p.parent.name for p in (REPO / "daemons").glob("*/app.py"))
-
-
-def wait_until(condition: Callable[[], object], what: str, deployment: Deployment | None = None) -> None:
-    deadline = time.monotonic() + HANG_GUARD
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: still not done after {HANG_GUARD} s\n"
-                                 + (describe(deployment) if deployment else ""))
-        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -79,7 +70,8 @@ def test_a_failing_sync_is_dead_lettered_redriven_and_then_succeeds(without_gcp_
     # The write's one event is the replica bucket's S3 notification (dss.events.s3_events).
     s3.put_object(Bucket=deployment.bucket("aws_replica"), Key=key, Body=data)
 
-    wait_until(lambda: _dead(deployment, "sync") == 1, "the failing sync reaches the dead-letter queue", deployment)
+    poll_until(lambda: _dead(deployment, "sync") == 1, "the failing sync to reach the dead-letter queue",
+               timeout=HANG_GUARD, pause=0.2, explain=lambda: describe(deployment))
     max_receives = deployment.definitions.queues["sync"]["max_receive_count"]
     assert _poller(deployment, "sync").invocations >= max_receives  # tried once per receive, then given up
     assert "sync failed" in deployment.harness.log(deployment.function("sync"))  # the bucket is missing (404)
@@ -89,7 +81,8 @@ def test_a_failing_sync_is_dead_lettered_redriven_and_then_succeeds(without_gcp_
     assert not errored, report
     assert report["redriven"] == 1, report
     bucket = gcs.bucket(deployment.bucket("gcp_replica"))
-    wait_until(lambda: bucket.get_blob(key) is not None, "the re-driven sync copies the blob", deployment)
+    poll_until(lambda: bucket.get_blob(key) is not None, "the re-driven sync to copy the blob",
+               timeout=HANG_GUARD, pause=0.2, explain=lambda: describe(deployment))
     assert bucket.get_blob(key).download_as_bytes() == data
     assert _dead(deployment, "sync") == 0
 
@@ -97,8 +90,10 @@ def test_a_failing_sync_is_dead_lettered_redriven_and_then_succeeds(without_gcp_
     generation = bucket.get_blob(key).generation
     before = _poller(deployment, "sync").invocations
     _bus(deployment).publish(Event("aws", key))
-    wait_until(lambda: _poller(deployment, "sync").invocations > before, "the duplicate is delivered", deployment)
-    wait_until(lambda: not _poller(deployment, "sync").busy, "the duplicate is handled", deployment)
+    poll_until(lambda: _poller(deployment, "sync").invocations > before, "the duplicate's delivery",
+               timeout=HANG_GUARD, pause=0.2, explain=lambda: describe(deployment))
+    poll_until(lambda: not _poller(deployment, "sync").busy, "the duplicate's handling",
+               timeout=HANG_GUARD, pause=0.2, explain=lambda: describe(deployment))
     assert bucket.get_blob(key).generation == generation
     assert _dead(deployment, "sync") == 0
 

@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
@@ -30,21 +29,11 @@ from dss.journal.compactor import compact_all
 from dss.journal.verify import verify_journal
 from dss.storage.blobstore.local import LocalBlobStore
 from tests.infra.dss_server import ADMIN, REPO, base_env, free_port, kill_group, start_server
-from tests.infra.helpers import add_file, new_uuid, put_bundle
+from tests.infra.helpers import add_file, new_uuid, poll_until, put_bundle
 
 REPLAY_BUNDLES = int(os.environ.get("EVENTS_REPLAY_BUNDLES") or 1000)
 DEADLINE = 240.0  # hang guard for polling, generous for a loaded machine
 FAST = {"DSS_EVENTS_JOURNAL_SIZE": "3", "DSS_EVENTS_COMPACT_INTERVAL": "0.1"}
-
-
-def _poll(check: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _replay(url: str, replica: str, **params: str) -> tuple[list[dict], list[tuple[dict, dict]]]:
@@ -113,7 +102,7 @@ def test_journals_shapes_paging_and_stream_contents(fast_dss):
         uuid, version = new_uuid(), new_version()
         assert put_bundle(dss, [indexed, unindexed], uuid, version).status_code == 201
         written.add(f"{uuid}.{version}")
-    _poll(_compacted(dss.url, "aws", written), "7 bundles in aws journals")
+    poll_until(_compacted(dss.url, "aws", written), "7 bundles in aws journals", timeout=DEADLINE)
     streams, events = _replay(dss.url, "aws")
     # journals of at most DSS_EVENTS_JOURNAL_SIZE; a partial one once its events waited the compaction interval
     assert len(streams) >= 3 and all(1 <= s["size"] <= 3 for s in streams) and len(events) == 7
@@ -174,7 +163,8 @@ def test_get_event_tombstone_and_delete(fast_dss):
     def event(u: str, v: str, replica: str = "aws") -> requests.Response:
         return requests.get(f"{dss.url}/v1/events/{u}", params={"version": v, "replica": replica})
 
-    created = _poll(lambda: (r := event(uuid, versions[0])).status_code == 200 and r, "the CREATE event")
+    created = poll_until(lambda: (r := event(uuid, versions[0])).status_code == 200 and r, "the CREATE event",
+                         timeout=DEADLINE)
     assert created.json()["event_type"] == "CREATE"
     assert created.json()["bundle_info"] == {"uuid": uuid, "version": versions[0]}
     assert created.json()["files"] == {"project_json": [{"a": 1}]}
@@ -183,26 +173,29 @@ def test_get_event_tombstone_and_delete(fast_dss):
     assert event("not-a-uuid", versions[0]).status_code == 400
     assert event(uuid, "nonsense").json()["code"] == "illegal_version"
     # replicated to gcp: the journal there records it too
-    _poll(lambda: event(uuid, versions[0], "gcp").status_code == 200, "the CREATE event in gcp")
+    poll_until(lambda: event(uuid, versions[0], "gcp").status_code == 200, "the CREATE event in gcp",
+               timeout=DEADLINE)
 
     admin = {"Authorization": f"Bearer {dss.token(ADMIN)}"}
     deleted = requests.delete(f"{dss.url}/v1/bundles/{uuid}", params={"replica": "aws", "version": versions[0]},
                               headers=admin, json={"reason": "bad metadata"})
     assert deleted.status_code == 200, deleted.text
-    tomb = _poll(lambda: (r := event(uuid, versions[0])).json().get("event_type") == "TOMBSTONE" and r,
-                 "the TOMBSTONE event")
+    tomb = poll_until(lambda: (r := event(uuid, versions[0])).json().get("event_type") == "TOMBSTONE" and r,
+                      "the TOMBSTONE event", timeout=DEADLINE)
     assert tomb.json()["reason"] == "bad metadata" and tomb.json()["bundle_info"]["version"] == versions[0]
     assert requests.delete(f"{dss.url}/v1/bundles/{uuid}", params={"replica": "aws"}, headers=admin,
                            json={"reason": "withdrawn"}).status_code == 200
     for version in versions[1:]:
-        doc = _poll(lambda v=version: (r := event(uuid, v)).json().get("event_type") == "DELETE" and r, "DELETE")
+        doc = poll_until(lambda v=version: (r := event(uuid, v)).json().get("event_type") == "DELETE" and r, "DELETE",
+                         timeout=DEADLINE)
         assert doc.json()["bundle_info"] == {"uuid": uuid, "version": version}
         assert doc.json()["manifest"] == {"version": version} and doc.json()["reason"] == "withdrawn"
     assert event(uuid, versions[0]).json()["event_type"] == "TOMBSTONE"  # no DELETE on top of its own tombstone
     assert event(other_uuid, versions[0]).json()["event_type"] == "CREATE"
 
     everything = {f"{uuid}.{v}" for v in versions}
-    _poll(_compacted(dss.url, "aws", {f"{uuid}.{v}" for v in versions[1:]}, "DELETE"), "DELETE events in journals")
+    poll_until(_compacted(dss.url, "aws", {f"{uuid}.{v}" for v in versions[1:]}, "DELETE"), "DELETE events in journals",
+               timeout=DEADLINE)
     by_type = _assert_exact(*_replay(dss.url, "aws"))
     assert by_type["CREATE"] == everything | {f"{other_uuid}.{versions[0]}"}
     assert by_type["TOMBSTONE"] == {f"{uuid}.{versions[0]}"}
@@ -330,7 +323,8 @@ def test_replay_is_exact_across_concurrent_writers_compaction_and_sigkill(tmp_pa
     aws = LocalBlobStore(str(config.data_dir / "replicas" / "aws"))
     stored = {key.split("/", 1)[1] for key in aws.list("bundles/") if not ObjectKey.parse(key).dead}  # type: ignore
     assert set(acked) <= stored and len(acked) >= REPLAY_BUNDLES - first_wave // 2
-    _poll(_compacted(url, "aws", stored), f"{len(stored)} bundles in aws journals", max(DEADLINE, len(stored) / 10))
+    poll_until(_compacted(url, "aws", stored), f"{len(stored)} bundles in aws journals",
+               timeout=max(DEADLINE, len(stored) / 10))
     print(f"journaled at {time.monotonic() - started:.1f} s")
     streams, events = _replay(url, "aws")
     by_type = _assert_exact(streams, events)
@@ -374,7 +368,7 @@ def test_hca_get_events_and_get_event(tmp_path, fast_dss):
         uuid, version = new_uuid(), new_version()
         assert put_bundle(dss, [entry], uuid, version).status_code == 201
         written.add(f"{uuid}.{version}")
-    _poll(_compacted(dss.url, "aws", written), "5 bundles in journals")
+    poll_until(_compacted(dss.url, "aws", written), "5 bundles in journals", timeout=DEADLINE)
     hca = _hca(tmp_path, dss.url)
     listed = json.loads(hca("dss", "get-events", "--replica", "aws"))  # the CLI follows every Link
     assert listed["event_streams"] == [{**s, "stream_url": listed["event_streams"][n]["stream_url"]}

@@ -44,6 +44,7 @@ from dss.notify import (
 )
 from dss.notify.dynamodb import DynamoDBDeliveryStore
 from dss.notify.signing import sign_cavage
+from tests.infra.helpers import poll_until
 from tests.infra.receivers import Receiver, RecordedRequest, self_signed_tls, verify_cavage
 
 SECRET = "s3cr3t-hmac-key-do-not-leak"
@@ -134,16 +135,6 @@ def make_sqlite_store(tmp_path: Path) -> Iterator[StoreMaker]:
     maker = StoreMaker("sqlite", tmp_path)
     yield maker
     maker.close()
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 30.0) -> Any:  # generous: busy machines
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 def state_of(store: DeliveryQueue, delivery_id: str) -> str:
@@ -278,7 +269,7 @@ def test_retries_follow_the_schedule(make_store: Any, receiver: Receiver) -> Non
     receiver.fail(2)
     delivery_id = store.enqueue(make_delivery(receiver.url()))
     with DeliveryWorker(store, threads=1):
-        wait_until(lambda: state_of(store, delivery_id) == "delivered")
+        poll_until(lambda: state_of(store, delivery_id) == "delivered", "the delivery after the retries")
     record = store.get(delivery_id)
     assert record is not None
     assert [(a.status_code, a.outcome) for a in record.attempts] == [(500, "failed"), (500, "failed"),
@@ -314,10 +305,10 @@ def test_receiver_down_then_up_gets_the_delivery(make_store: Any, receiver: Rece
     receiver.down()
     delivery_id = store.enqueue(make_delivery(receiver.url()))
     with DeliveryWorker(store, threads=2):
-        wait_until(lambda: (r := store.get(delivery_id)) is not None and len(r.attempts) >= 1
-                   and r.attempts[0].outcome == "failed")
+        poll_until(lambda: (r := store.get(delivery_id)) is not None and len(r.attempts) >= 1
+                   and r.attempts[0].outcome == "failed", "a failed first attempt")
         receiver.up()
-        wait_until(lambda: state_of(store, delivery_id) == "delivered")
+        poll_until(lambda: state_of(store, delivery_id) == "delivered", "the delivery once the receiver is up")
     record = store.get(delivery_id)
     assert record is not None and "refused" in (record.attempts[0].error or "").lower()
     assert len(receiver.requests) == 1
@@ -346,7 +337,7 @@ def test_restart_resumes_pending_work(make_store: Any, receiver: Receiver) -> No
     receiver.up()
     second = make_store()
     with DeliveryWorker(second, threads=1):
-        wait_until(lambda: state_of(second, delivery_id) == "delivered")
+        poll_until(lambda: state_of(second, delivery_id) == "delivered", "the resumed delivery")
     record = second.get(delivery_id)
     assert record is not None and [a.outcome for a in record.attempts] == ["failed", "delivered"]
     verify_cavage(receiver.requests[0], SECRET)
@@ -391,7 +382,8 @@ def test_concurrent_workers_never_share_an_attempt(make_sqlite_store: Any, recei
     ids = [stores[0].enqueue(make_delivery(receiver.url(f"/hook/{i}"))) for i in range(24)]
     workers = [DeliveryWorker(s, threads=4).start() for s in stores]
     try:
-        wait_until(lambda: all(state_of(stores[1], i) == "delivered" for i in ids), timeout=120)  # a hang guard
+        poll_until(lambda: all(state_of(stores[1], i) == "delivered" for i in ids), "every delivery",
+                   timeout=120)  # a hang guard
     finally:
         for worker in workers:
             assert worker.stop(timeout=60)
@@ -498,7 +490,7 @@ def test_worker_wakes_on_enqueue_and_stops_promptly(make_store: Any, receiver: R
     delivery_id = store.enqueue(make_delivery(receiver.url()))
     # Threads sleep up to max_sleep=600 s: finishing well within that shows they woke (bounds generous
     # for a loaded machine; speed is `make bench`'s business).
-    wait_until(lambda: state_of(store, delivery_id) == "delivered", timeout=120)
+    poll_until(lambda: state_of(store, delivery_id) == "delivered", "the delivery", timeout=120)
     assert time.monotonic() - started < 120
     started = time.monotonic()
     assert worker.stop(timeout=120)

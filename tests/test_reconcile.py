@@ -29,20 +29,12 @@ from dss.storage.blobstore.local import LocalBlobStore
 from dss.storage.replicas import Replicas
 from tests.fixtures.search.backends import BACKENDS, close_backend, open_backend
 from tests.infra.dss_server import REPO, base_env
-from tests.infra.helpers import new_uuid, stage_local
+from tests.infra.helpers import new_uuid, poll_until, stage_local
 from tests.infra.opensearch import ENGINES
 from tests.test_crash import _commit_without_event
 
 # Hang guards: generous, because the suite must pass on a heavily loaded two-core machine.
 CONVERGE = 120.0
-
-
-def _until(condition, timeout: float = CONVERGE, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.05)
 
 
 class RecordingBus(EventBus):
@@ -210,7 +202,7 @@ def test_the_intent_of_a_killed_writer_runs_if_and_only_if_its_key_exists(tmp_pa
     assert not workers.run_once()  # the announcement waits for its writer…
     workers.start()  # …until a start finds that the writer is gone
     try:
-        _until(lambda: bus.pending() == 0, what="the orphaned intent decided")
+        poll_until(lambda: bus.pending() == 0, "the orphaned intent decided", timeout=CONVERGE)
     finally:
         workers.stop()
     assert seen == ([Event("aws", "bundles/k")] if committed else [])
@@ -336,7 +328,7 @@ def test_intents_alone_converge_whatever_the_moment_of_the_crash(tmp_path, stagi
     aws, gcp = runtime.replicas["aws"], runtime.replicas["gcp"]
     runtime.workers.start()  # the queue's workers only: no anti-entropy pass
     try:
-        _until(lambda: runtime.bus.pending() == 0, what="an empty queue")
+        poll_until(lambda: runtime.bus.pending() == 0, "an empty queue", timeout=CONVERGE)
         committed = sorted(aws.list("files/")) + sorted(aws.list("bundles/"))
         assert bool(committed) == ((pattern, moment) != ("files/*", "before"))
         assert any(k.endswith(".dead") for k in committed) == (moment != "before" and pattern in (TOMBSTONE, "nothing"))
@@ -364,7 +356,7 @@ def test_a_blob_orphaned_by_a_crash_is_replicated_by_the_pass(tmp_path, staging)
     [blob] = list(runtime.replicas["aws"].list("blobs/"))
     runtime.start()
     try:
-        _until(lambda: runtime.replicas["gcp"].exists(blob), what="the orphaned blob replicated")
+        poll_until(lambda: runtime.replicas["gcp"].exists(blob), "the orphaned blob replicated", timeout=CONVERGE)
     finally:
         runtime.close()
 
@@ -480,7 +472,7 @@ def test_a_failed_pass_is_retried(tmp_path):
     loop = ReconcileLoop(flaky, tmp_path / "reconcile.json", 0, retry=0.05)
     loop.start()
     try:
-        _until(lambda: len(attempts) == 2 and loop.last_started() > 0, what="a retried pass")
+        poll_until(lambda: len(attempts) == 2 and loop.last_started() > 0, "a retried pass", timeout=CONVERGE)
     finally:
         loop.stop()
 

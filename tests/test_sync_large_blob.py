@@ -11,7 +11,6 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from dss.events.handlers.sync import LARGE_BLOB_WORKFLOW, large_copy_name
 from dss.identifiers import BlobKey, new_version
 from dss.workflows.journal import RUNNING
 from tests.infra.dss_server import DSSServer, start_server
-from tests.infra.helpers import new_uuid, put_file, stage_local
+from tests.infra.helpers import new_uuid, poll_until, put_file, stage_local
 from tests.test_async_copy import upload_directory
 from tests.test_hca_client import hca  # noqa: F401 - the fixture that drives the real client
 
@@ -44,14 +43,6 @@ def server(dss_env: dict[str, str]):
     yield started
     started.stop()
     started.runtime.close()
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = HANG_GUARD) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout} s")
-        time.sleep(0.05)
 
 
 def sync_copies(server: DSSServer) -> list:
@@ -87,12 +78,15 @@ def test_large_blob_replicates_through_the_workflow_and_its_metadata_follows(ser
     assert put_file(server, stage_local(server.staging, small), small_uuid, small_version).status_code == 201
 
     # The blob's event started one execution; the blob's and the file's events wait in the queue.
-    wait_until(lambda: {blob_key, file_key} <= deferred_sync_events(server), "the deferral of blob and file")
+    poll_until(lambda: {blob_key, file_key} <= deferred_sync_events(server), "the deferral of blob and file",
+               timeout=HANG_GUARD)
     for _ in range(3):  # redelivered events (a crash, the reconcile pass, a duplicate notification)
         runtime.bus.publish(Event("aws", blob_key), handlers=["sync"])
         runtime.bus.publish(Event("aws", file_key), handlers=["sync"])
-    wait_until(lambda: gcp.exists(f"files/{small_uuid}.{small_version}"), "the small file's replication")
-    wait_until(lambda: runtime.bus.pending() and not _sync_due(server), "the redelivered events' handling")
+    poll_until(lambda: gcp.exists(f"files/{small_uuid}.{small_version}"), "the small file's replication",
+               timeout=HANG_GUARD)
+    poll_until(lambda: runtime.bus.pending() and not _sync_due(server), "the redelivered events' handling",
+               timeout=HANG_GUARD)
     copies = sync_copies(server)
     assert [(r.id, r.status) for r in copies] == [(large_copy_name("gcp", blob_key), "RUNNING")]
     assert copies[0].input == {"source": {"url": runtime.replicas["aws"].url, "key": blob_key},
@@ -100,11 +94,11 @@ def test_large_blob_replicates_through_the_workflow_and_its_metadata_follows(ser
     assert not gcp.exists(blob_key) and not gcp.exists(file_key)  # never the metadata before its blob
 
     runtime.workflows.run()  # an owner appears (as after a restart) and runs what was recorded
-    wait_until(lambda: gcp.exists(file_key), "the file's replication after its blob")
+    poll_until(lambda: gcp.exists(file_key), "the file's replication after its blob", timeout=HANG_GUARD)
     assert gcs_bytes(gcs_bucket, blob_key) == data
     assert gcp.get_json(file_key) == metadata
     # The file follows as soon as the blob is there (its last task); the execution's status after that.
-    wait_until(lambda: all(r.status != RUNNING for r in sync_copies(server)), "the copy's end")
+    poll_until(lambda: all(r.status != RUNNING for r in sync_copies(server)), "the copy's end", timeout=HANG_GUARD)
     [copy] = sync_copies(server)
     assert copy.status == "SUCCEEDED" and copy.output["size"] == len(data)
     parts = [e for e in runtime.workflows.journal.events(copy.id) if e.type == "TaskSucceeded"
@@ -139,7 +133,7 @@ def test_hca_upload_and_download_of_300_mib_with_the_gcp_replica(hca, tmp_path: 
     bundle_uuid, version = uploaded["bundle_uuid"], uploaded["version"]
     journal = hca.server.runtime.workflows.journal
     # The upload returns once the files are on gcp, which their executions' last tasks allow: they end after.
-    wait_until(lambda: not journal.ids(RUNNING), "the executions' end")
+    poll_until(lambda: not journal.ids(RUNNING), "the executions' end", timeout=HANG_GUARD)
     by_workflow: dict[str, list[str]] = {}
     for record in journal.executions(limit=100):
         by_workflow.setdefault(record.workflow, []).append(record.status)
@@ -147,8 +141,9 @@ def test_hca_upload_and_download_of_300_mib_with_the_gcp_replica(hca, tmp_path: 
     assert by_workflow[LARGE_BLOB_WORKFLOW] == ["SUCCEEDED"]  # and its replication, once
 
     # The bundle replicates back to `aws` (its files are there already): both replicas serve it.
-    wait_until(lambda: requests.get(f"{hca.server.url}/v1/bundles/{bundle_uuid}", params={"replica": "aws"},
-                                    timeout=60).status_code == 200, "the bundle's replication to aws")
+    poll_until(lambda: requests.get(f"{hca.server.url}/v1/bundles/{bundle_uuid}", params={"replica": "aws"},
+                                    timeout=60).status_code == 200, "the bundle's replication to aws",
+               timeout=HANG_GUARD)
     for replica in ("gcp", "aws"):
         out = tmp_path / f"download-{replica}"
         hca("dss", "download", "--bundle-uuid", bundle_uuid, "--replica", replica, "--download-dir", str(out))

@@ -31,9 +31,9 @@ from dss.workflows.stepfunctions import (
     task_function_prefix,
 )
 from tests.infra.dss_server import DSSServer, start_server
-from tests.infra.helpers import new_uuid, put_file
+from tests.infra.helpers import new_uuid, poll_until, put_file
 from tests.stepfunctions_support import stepfunctions_server  # noqa: F401 - the fixture
-from tests.test_async_copy import download, head, settled, stage_s3, wait_until
+from tests.test_async_copy import download, head, settled, stage_s3
 from tests.workflows_support import ACCOUNT, REGION, _zip
 
 MiB = 1024 * 1024
@@ -185,7 +185,7 @@ def test_put_files_202_path_on_step_functions(server_on_step_functions: DSSServe
     # a re-PUT while the copy runs is the same execution (after it, the file is there: 200)
     again = put_file(server, source, file_uuid, version)
     assert again.status_code == 200 or (again.status_code, again.json()["task_id"]) == (202, task_id), again.text
-    assert wait_until(settled(server, file_uuid, version), "the copy", HANG_GUARD) == 200
+    assert poll_until(settled(server, file_uuid, version), "the copy", timeout=HANG_GUARD) == 200
     assert head(server, file_uuid, version).headers["X-DSS-SHA256"] == hashlib.sha256(data).hexdigest()
     assert download(server, file_uuid, version) == data
     record = _ended(server.runtime.workflows, task_id)  # the last task wrote the metadata; the status follows
@@ -200,6 +200,6 @@ def test_put_files_202_failure_on_step_functions(server_on_step_functions: DSSSe
     file_uuid, version = new_uuid(), new_version()
     response = put_file(server, stage_s3(s3_bucket, data, declared=os.urandom(len(data))), file_uuid, version)
     assert response.status_code == 202, response.text
-    assert wait_until(settled(server, file_uuid, version), "the failure record", HANG_GUARD) == 422
+    assert poll_until(settled(server, file_uuid, version), "the failure record", timeout=HANG_GUARD) == 422
     record = _ended(server.runtime.workflows, response.json()["task_id"])  # the status follows the record
     assert (record.status, record.error) == ("FAILED", "ChecksumMismatch")

@@ -5,10 +5,13 @@ import time
 import uuid as uuidlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import requests
 
 from dss.identifiers import new_version
+
+T = TypeVar("T")
 
 
 def new_uuid() -> str:
@@ -45,13 +48,16 @@ def put_bundle(dss, files: list[dict], bundle_uuid: str | None = None, version: 
                         headers=dss.auth(), json={"files": files, "creator_uid": creator_uid})
 
 
-def poll_until(condition: Callable[[], bool], what: str, step: Callable[[], object] = lambda: None,
-               timeout: float = 60.0) -> None:
-    """Calls `step` until `condition` holds; AssertionError naming `what` after `timeout` seconds (generous:
-    a busy machine)."""
+def poll_until(condition: Callable[[], T], what: str, step: Callable[[], object] = lambda: None, *,
+               timeout: float = 60.0, pause: float = 0.05, explain: Callable[[], str] | None = None) -> T:
+    """Calls `step` (then sleeps `pause` seconds) until `condition` returns a truthy value, and returns that value;
+    AssertionError naming `what`, with `explain()`'s text if given, after `timeout` seconds (generous: a busy
+    machine)."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not (value := condition()):
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            message = f"timed out after {timeout} s waiting for {what}"
+            raise AssertionError(f"{message}\n{explain()}" if explain is not None else message)
         step()
-        time.sleep(0.05)
+        time.sleep(pause)
+    return value
