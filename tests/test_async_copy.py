@@ -75,13 +75,14 @@ def settled(server: DSSServer, file_uuid: str, version: str) -> Callable[[], int
     return check
 
 
-def ended(status: Callable[[str], Any], execution_id: str) -> Callable[[], str | None]:
-    """The execution's status once it is final (`status`: `workflows.status` or a journal's `execution`).
+def ended(status: Callable[[str], Any], execution_id: str) -> Callable[[], Any]:
+    """The execution's record once it is final (`status`: `workflows.status` or a journal's `execution`).
     What its last task did (HEAD 200 or 422) shows first: the status is recorded after that task returns
     and the states after it run, so a test waits for this before it asserts the status."""
-    def check() -> str | None:
+    def check() -> Any:
         record = status(execution_id)
-        return None if record is None or record.status == "RUNNING" else record.status
+        assert record is not None, f"no execution {execution_id}"
+        return None if record.status == "RUNNING" else record
     return check
 
 
@@ -108,7 +109,7 @@ def test_large_source_answers_202_and_appears_once_copied(server, s3_bucket):
     assert answer.headers["X-DSS-SIZE"] == str(len(data))
     assert download(server, file_uuid, version) == data
     assert poll_until(ended(server.runtime.workflows.status, body["task_id"]), "the execution's end",
-                      timeout=HANG_GUARD) == "SUCCEEDED"
+                      timeout=HANG_GUARD).status == "SUCCEEDED"
 
     # The metadata was written through the files domain: its events replicate it like any other file.
     server.runtime.workers.drain(timeout=HANG_GUARD)
@@ -137,7 +138,7 @@ def test_declared_checksum_that_does_not_match_is_422(server, s3_bucket):
                            allow_redirects=False, timeout=30)
     assert problem.status_code == 422 and problem.json()["code"] == "missing_checksum"
     assert poll_until(ended(server.runtime.workflows.status, response.json()["task_id"]),
-                      "the execution's end", timeout=HANG_GUARD) == "FAILED"
+                      "the execution's end", timeout=HANG_GUARD).status == "FAILED"
     for replica in ("aws", "gcp"):
         store = server.runtime.replicas[replica]
         assert list(store.list(f"files/{file_uuid}")) == []
@@ -206,7 +207,7 @@ def test_failed_copy_is_tried_again_by_a_re_put(server, s3_bucket):
     assert poll_until(settled(server, file_uuid, version), "the failure", timeout=HANG_GUARD) == 422
     # Until that run has ended (its failure is recorded first) a re-PUT would return it again.
     assert poll_until(ended(server.runtime.workflows.status, failed), "the failed run's end",
-                      timeout=HANG_GUARD) == "FAILED"
+                      timeout=HANG_GUARD).status == "FAILED"
 
     # The submitter fixes the staged object (right bytes for the declared checksums) and PUTs again.
     bucket, key = source[len("s3://"):].split("/", 1)
@@ -253,7 +254,7 @@ def _hca_round_trip(run, tmp_path, big: int) -> None:
     journal = run.server.runtime.workflows.journal
     copies = [r.id for r in journal.executions(limit=100) if r.workflow == "blob-copy-write-metadata"]
     # the big file took the 202 path, once (the upload returns once its metadata is there: maybe before the end)
-    assert [poll_until(ended(journal.execution, copy), "the copy's end", timeout=HANG_GUARD)
+    assert [poll_until(ended(journal.execution, copy), "the copy's end", timeout=HANG_GUARD).status
             for copy in copies] == ["SUCCEEDED"]
 
     out = tmp_path / "download"
@@ -394,7 +395,7 @@ def test_sigkill_during_a_multipart_copy_copies_no_finished_part_again(tmp_path,
     finally:
         watcher.stop()
     assert poll_until(ended(journal.execution, execution_id), "the resumed execution's end",
-                      timeout=HANG_GUARD) == "SUCCEEDED"
+                      timeout=HANG_GUARD).status == "SUCCEEDED"
     assert sorted(watcher.parts) == ["00001", "00002", "00003"]
     assert all(len(identities) == 1 for identities in watcher.parts.values()), watcher.parts  # each copied once
     scheduled = slice_events("TaskScheduled")

@@ -11,7 +11,6 @@ import hashlib
 import io
 import json
 import os
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -33,7 +32,7 @@ from dss.workflows.stepfunctions import (
 from tests.infra.dss_server import DSSServer, start_server
 from tests.infra.helpers import new_uuid, poll_until, put_file
 from tests.stepfunctions_support import stepfunctions_server  # noqa: F401 - the fixture
-from tests.test_async_copy import download, head, settled, stage_s3
+from tests.test_async_copy import download, ended, head, settled, stage_s3
 from tests.workflows_support import ACCOUNT, REGION, _zip
 
 MiB = 1024 * 1024
@@ -83,14 +82,7 @@ def workflows(stage: str) -> Iterator[StepFunctionsWorkflows]:
 
 
 def _ended(workflows: StepFunctionsWorkflows, execution_id: str) -> Any:
-    deadline = time.monotonic() + HANG_GUARD
-    while time.monotonic() < deadline:
-        record = workflows.status(execution_id)
-        assert record is not None
-        if record.status != "RUNNING":
-            return record
-        time.sleep(0.1)
-    raise AssertionError(f"{execution_id} still RUNNING after {HANG_GUARD} s")
+    return poll_until(ended(workflows.status, execution_id), f"{execution_id}'s end", timeout=HANG_GUARD)
 
 
 def _object(bucket: str, data: bytes) -> str:
